@@ -1,0 +1,187 @@
+"""Weights as data: pinned official checkpoints, distilled bundles, and the builders that load them.
+
+``--weights`` (or ``$ULTRASTYLE_WEIGHTS``) names a location; :func:`resolve_weights` turns it
+into a :class:`WeightSet`, whose files are fetched hash-checked by :mod:`models.checkpoint`:
+
+- nothing: the official CD 16x files from the authors' public repository (pinned sha256);
+- a directory or prefix holding ``{k}SE.pth``/``{k}SD.pth``: checked against the same pins;
+- a bundle written by ``distill`` (``card.json`` beside the files, digests from the card),
+  or ``<publish>/latest``, a small file naming the current run id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from models.checkpoint import WEIGHTS_ENV, WeightsError, fetch, load_state_dict
+from models.family import CD16X, LEVELS, Decoder, Encoder, FamilySpec
+
+__all__ = [
+    "OFFICIAL_BASE_URL",
+    "CD16xWeights",
+    "WeightSet",
+    "WeightSpec",
+    "official_weight_set",
+    "resolve_weights",
+    "small_decoder",
+    "small_encoder",
+    "read_card",
+]
+
+OFFICIAL_BASE_URL = "https://github.com/MingSun-Tse/Collaborative-Distillation/raw/master/"
+
+# file name -> (path in the authors' repository, sha256). The {k}SE/{k}SD names upstream are
+# symbolic links, so the download names the real files.
+_OFFICIAL_FILES: dict[str, tuple[str, str]] = {
+    "1SE": ("trained_models/wct_se_16x_new/20191110-133713_E20.pth", "f74755a65164a88e0db8cbb7d99d7078b9fa505df0953fac5123bfc7c84e0ea4"),
+    "2SE": ("trained_models/wct_se_16x_new/20191110-132713_E20.pth", "cb654af6bae77176f8c7721c965483e865b987f2f1612dda1ba0d0b5c3819a61"),
+    "3SE": ("trained_models/wct_se_16x_new/20191110-132705_E20.pth", "269cdd0e2634e3e1e5d3005b9e7eca0f4cc8077653fee1ac8c0cf1cbe9ab8758"),
+    "4SE": ("trained_models/wct_se_16x_new/20191110-132643_E20.pth", "d2f059cbcd6669556a43aadef58d20c8b280462c18b60a9e7424a14dd271cd6b"),
+    "5SE": ("trained_models/wct_se_16x_new/20191109-211322_E20.pth", "9417c34d0d8d621bc6af78be745f1b8d30f5f210efa01e50655c60eb3770816b"),
+    "1SD": ("trained_models/wct_se_16x_new_sd/20191111-091942_E20.pth", "05f26ad40044c019da0cf731372d5bd2ee4b477825c7f45508da70b1cd5a95fd"),
+    "2SD": ("trained_models/wct_se_16x_new_sd/20191111-091932_E20.pth", "94dd26f0e69857f79bf284a43a3708aa05c09c2593427c7f6e400ad12ce314e6"),
+    "3SD": ("trained_models/wct_se_16x_new_sd/20191111-091929_E20.pth", "005faba27859435762a8a9386116c00629cd8835a01617d0a71defa577c42174"),
+    "4SD": ("trained_models/wct_se_16x_new_sd/20191111-092553_E20.pth", "902f65e2c6033d803d02df552eb898e5985190a7ae67d155e384826eec6f04cb"),
+    "5SD": ("trained_models/wct_se_16x_new_sd/20191110-204615_E20.pth", "17fd0f81622f01366eb21cb4d40140ee38cf988ed6eaf266629709c397a8b485"),
+}
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One checkpoint file: where it is, its digest (``None``: not pinned) and free metadata."""
+
+    uri: str
+    sha256: str | None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class WeightSet:
+    """Encoders and decoders for some levels, with the family widths that build them.
+
+    Args:
+        model_id: short name recorded in manifests (``cd16x`` or ``bundle:<run id>``).
+        family: channel widths of the encoders/decoders.
+        files: ``"{k}SE"``/``"{k}SD"`` -> :class:`WeightSpec`.
+    """
+
+    model_id: str
+    family: FamilySpec
+    files: dict[str, WeightSpec]
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        return tuple(k for k in LEVELS if f"{k}SE" in self.files and f"{k}SD" in self.files)
+
+    def spec(self, name: str) -> WeightSpec:
+        if name not in self.files:
+            raise WeightsError(f"weights {self.model_id} have no {name}.pth (levels: {self.levels})")
+        return self.files[name]
+
+
+def official_weight_set(base_uri: str = OFFICIAL_BASE_URL, *, layout: str = "upstream") -> WeightSet:
+    """The pinned CD 16x set, read from the authors' repository or a copy of it.
+
+    Args:
+        base_uri: URL or folder prefix the files live under.
+        layout: ``"upstream"`` (the repository's real file paths) or ``"flat"``
+            (``{k}SE.pth``/``{k}SD.pth`` side by side, as in a local copy).
+    """
+    base = base_uri.rstrip("/") + "/"
+    files = {
+        name: WeightSpec(base + (path if layout == "upstream" else f"{name}.pth"), digest, {"upstream": path})
+        for name, (path, digest) in _OFFICIAL_FILES.items()
+    }
+    return WeightSet("cd16x", CD16X, files)
+
+
+class CD16xWeights(Enum):
+    """The released Collaborative Distillation 16x encoders and decoders (MIT licence)."""
+
+    OFFICIAL = official_weight_set()
+    DEFAULT = OFFICIAL
+
+
+def read_card(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a bundle's ``card.json``."""
+    with fsspec.open(uri.rstrip("/") + "/card.json", "r", **(storage_options or {})) as f:
+        return json.load(f)
+
+
+def resolve_weights(uri: str | None = None, storage_options: dict[str, Any] | None = None) -> WeightSet:
+    """Turn a ``--weights`` location into a :class:`WeightSet` (see the module docstring).
+
+    Raises:
+        WeightsError: the location cannot be listed (unreachable or missing).
+    """
+    uri = uri or os.environ.get(WEIGHTS_ENV) or None
+    if uri is None:
+        return CD16xWeights.DEFAULT.value
+    try:
+        fs, path = url_to_fs(uri, **(storage_options or {}))
+        if fs.isfile(path):  # <publish>/latest names the current run id
+            with fs.open(path, "r") as f:
+                run_id = f.read().strip()
+            uri = uri.rstrip("/").rsplit("/", 1)[0] + "/" + run_id
+            fs, path = url_to_fs(uri, **(storage_options or {}))
+        has_card = fs.exists(path.rstrip("/") + "/card.json")
+        is_dir = fs.isdir(path)
+    except Exception as e:
+        raise WeightsError(f"cannot read weights location {uri}: {type(e).__name__}: {e}") from e
+    if has_card:
+        card = read_card(uri, storage_options)
+        family = FamilySpec(
+            widths=tuple(card["widths"]),
+            level1_width=card["level1_width"],
+            embed_widths=tuple(card["embed_widths"]) if card.get("embed_widths") else None,
+        )
+        files = {
+            name: WeightSpec(uri.rstrip("/") + f"/{name}.pth", digest) for name, digest in card["files"].items()
+        }
+        return WeightSet(f"bundle:{card['run_id']}", family, files)
+    if not is_dir:
+        raise WeightsError(f"weights location {uri} is not a folder of {{k}}SE.pth/{{k}}SD.pth files nor a bundle")
+    return official_weight_set(uri, layout="flat")
+
+
+def _load(module, weights: WeightSet, name: str, storage_options: dict[str, Any] | None):
+    spec = weights.spec(name)
+    state = load_state_dict(fetch(spec.uri, spec.sha256, storage_options))
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"{spec.uri} does not fit a level-{module.level} {type(module).__name__}: {e}") from e
+    return module.eval()
+
+
+def small_encoder(
+    level: int,
+    *,
+    weights: WeightSet | None = None,
+    family: FamilySpec = CD16X,
+    storage_options: dict[str, Any] | None = None,
+) -> Encoder:
+    """Encoder ``level`` of ``weights`` (hash-checked), or randomly initialised if ``None``."""
+    if weights is None:
+        return Encoder(level, family)
+    return _load(Encoder(level, weights.family), weights, f"{level}SE", storage_options)
+
+
+def small_decoder(
+    level: int,
+    *,
+    weights: WeightSet | None = None,
+    family: FamilySpec = CD16X,
+    storage_options: dict[str, Any] | None = None,
+) -> Decoder:
+    """Decoder ``level`` of ``weights`` (hash-checked), or randomly initialised if ``None``."""
+    if weights is None:
+        return Decoder(level, family)
+    return _load(Decoder(level, weights.family), weights, f"{level}SD", storage_options)

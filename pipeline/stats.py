@@ -1,0 +1,99 @@
+"""Mergeable float64 feature statistics: count, mean and centred scatter.
+
+The whitening-colouring transform needs the global mean and covariance of an image's
+features. Computing them per tile and merging with the parallel formula of Chan et al. gives
+the whole-image values up to rounding for any tiling, which is what makes tiled WCT exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import reduce
+
+import numpy as np
+import torch
+
+__all__ = ["FeatureStats", "feature_stats", "merge_stats"]
+
+# Columns (pixels) per float64 block when accumulating, to bound the float64 copy's memory.
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Statistics of ``count`` feature vectors of ``C`` channels.
+
+    Attributes:
+        count: number of vectors (pixels).
+        mean: ``(C,)`` float64.
+        scatter: ``(C, C)`` float64, sum of outer products of the centred vectors.
+    """
+
+    count: int
+    mean: np.ndarray
+    scatter: np.ndarray
+
+    @property
+    def channels(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """Unbiased covariance ``scatter / (count - 1)``, ``(C, C)`` float64."""
+        if self.count < 2:
+            raise ValueError(f"covariance needs at least 2 vectors, got {self.count}")
+        return self.scatter / (self.count - 1)
+
+    def merge(self, other: FeatureStats) -> FeatureStats:
+        """Chan et al.'s pairwise combination; exact in exact arithmetic, stable in float64."""
+        if self.count == 0:
+            return other
+        if other.count == 0:
+            return self
+        if other.channels != self.channels:
+            raise ValueError(f"cannot merge statistics of {self.channels} and {other.channels} channels")
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / n)
+        scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.count * other.count / n)
+        return FeatureStats(n, mean, scatter)
+
+    @classmethod
+    def empty(cls, channels: int) -> FeatureStats:
+        return cls(0, np.zeros(channels), np.zeros((channels, channels)))
+
+
+def feature_stats(features: torch.Tensor) -> FeatureStats:
+    """Statistics of a feature map.
+
+    Args:
+        features: ``(C, H, W)`` or ``(1, C, H, W)``, any float dtype and device.
+
+    Returns:
+        :class:`FeatureStats` over the ``H * W`` vectors, computed in float64 in blocks of
+        columns (merged with :meth:`FeatureStats.merge`) so the float64 copy stays small.
+    """
+    if features.dim() == 4:
+        if features.shape[0] != 1:
+            raise ValueError(f"features must have batch size 1, got shape {tuple(features.shape)}")
+        features = features[0]
+    flat = features.reshape(features.shape[0], -1)
+    blocks = []
+    for start in range(0, flat.shape[1], _BLOCK):
+        x = flat[:, start : start + _BLOCK].double()
+        mean = x.mean(dim=1)
+        centred = x - mean[:, None]
+        scatter = centred @ centred.T
+        blocks.append(FeatureStats(x.shape[1], mean.cpu().numpy(), scatter.cpu().numpy()))
+    return merge_stats(blocks, channels=flat.shape[0])
+
+
+def merge_stats(stats: Iterable[FeatureStats], *, channels: int | None = None) -> FeatureStats:
+    """Merge any number of :class:`FeatureStats` (an empty iterable needs ``channels``)."""
+    items = list(stats)
+    if not items:
+        if channels is None:
+            raise ValueError("merge_stats of nothing needs channels")
+        return FeatureStats.empty(channels)
+    return reduce(FeatureStats.merge, items)

@@ -1,0 +1,49 @@
+"""Shared fixtures: the real images and official weights in ../shared, skipped when absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+WEIGHTS_DIR = SHARED / "weights" / "cd16x"
+CONTENT_DIR = SHARED / "images" / "content"
+STYLE_DIR = SHARED / "images" / "style"
+
+torch.set_num_threads(2)
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared test data beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    return _need(WEIGHTS_DIR)
+
+
+@pytest.fixture(scope="session")
+def content_dir() -> Path:
+    return _need(CONTENT_DIR)
+
+
+@pytest.fixture(scope="session")
+def style_dir() -> Path:
+    return _need(STYLE_DIR)
+
+
+@pytest.fixture(scope="session")
+def model_set(weights_dir):
+    from pipeline.models import load_model_set
+
+    return load_model_set(str(weights_dir))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep the weights cache of every test out of the user's home."""
+    monkeypatch.setenv("ULTRASTYLE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

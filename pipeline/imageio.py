@@ -194,8 +194,8 @@ def encode_image(
     icc_profile: bytes | None = None,
     quality: int = 95,
 ) -> bytes:
-    """Encode float RGB ``(H, W, 3)`` in [0, 1] (and alpha) as file bytes of format ``fmt``."""
-    arr = (np.clip(rgb, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+    """Encode RGB ``(H, W, 3)`` (uint8, or float in [0, 1]) and alpha as file bytes of format ``fmt``."""
+    arr = rgb if rgb.dtype == np.uint8 else (np.clip(rgb, 0, 1) * 255.0 + 0.5).astype(np.uint8)
     img = Image.fromarray(arr, "RGB")
     if alpha is not None and fmt != "JPEG":
         img.putalpha(Image.fromarray((np.clip(alpha, 0, 1) * 255.0 + 0.5).astype(np.uint8), "L"))

@@ -1,0 +1,123 @@
+"""``python -m jobs.stylize`` / ``ultrastyle stylize``: stylize one image or a whole prefix.
+
+- ``ultrastyle stylize photo.jpg --style s.jpg --output out.png`` runs in this process.
+- ``python -m jobs.stylize --input s3://bucket/photos/ --style s3://bucket/style.jpg
+  --output s3://bucket/out/`` is the batch job: a Ray job over every image under the prefix
+  (``ray job submit -- python -m jobs.stylize ...`` on a cluster; a local Ray without one).
+- With no arguments it runs the embedded default: the project's sample images under
+  ``./ultrastyle-samples``, output to ``./ultrastyle-out``, on a local Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from fsspec.core import url_to_fs
+
+from models import WeightsError
+from pipeline.engine import MODES, load_style, stylize_file
+from pipeline.imageio import DEFAULT_MAX_PIXELS, ImageError
+from pipeline.models import load_model_set
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("ultrastyle")
+
+SAMPLES_DIR = "ultrastyle-samples"
+DEFAULT_OUTPUT = "ultrastyle-out"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ultrastyle stylize", description=__doc__.split("\n\n")[0])
+    p.add_argument("content", nargs="?", help="content image or prefix (same as --input)")
+    p.add_argument("--input", help="content image, folder or prefix (any fsspec URI)")
+    p.add_argument("--style", action="append", help="style image URI (repeat for several styles)")
+    p.add_argument("--output", help="output file (single image) or prefix (batch)")
+    p.add_argument("--weights", help="weights folder, bundle or <publish>/latest (default: $ULTRASTYLE_WEIGHTS, "
+                   "else the official CD 16x files, downloaded once and cached)")
+    p.add_argument("--alpha", type=float, default=1.0, help="style strength in [0, 1] (default 1)")
+    p.add_argument("--style-size", type=int, default=None, help="resize the style's longer side to N px")
+    p.add_argument("--mode", choices=MODES, default="auto",
+                   help="whole: in memory; exact: tiled, same result; auto: exact when larger than one tile")
+    p.add_argument("--tile", type=int, default=1024, help="tile core side in px, multiple of 16 (default 1024)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 1e9)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument("--storage-options", type=json.loads, default=None,
+                   help='JSON passed to fsspec, e.g. \'{"client_kwargs": {"endpoint_url": "http://..."}}\'')
+    p.add_argument("--format", default=None, help="batch output extension (default: the input's)")
+    p.add_argument("--workers", type=int, default=None, help="model actors (batch; default: one per GPU, else 2)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs per model actor (batch; default 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--max-in-flight", type=int, default=4, help="images in flight at once (batch; default 4)")
+    return p
+
+
+def _is_file(uri: str, storage_options: dict | None) -> bool:
+    fs, path = url_to_fs(uri, **(storage_options or {}))
+    return fs.isfile(path)
+
+
+def _run_single(args: argparse.Namespace, content: str) -> int:
+    if not args.output:
+        raise ValueError("--output is required for a single image")
+    start = time.perf_counter()
+    models = load_model_set(args.weights, storage_options=args.storage_options)
+    style = load_style(args.style[0], models, style_size=args.style_size, storage_options=args.storage_options,
+                       max_pixels=args.max_pixels)
+    log.info("models %s loaded and style statistics ready in %.1f s", models.model_id, time.perf_counter() - start)
+    report = stylize_file(
+        content,
+        args.output,
+        style,
+        models,
+        mode=args.mode,
+        tile=args.tile,
+        alpha=args.alpha,
+        max_pixels=args.max_pixels,
+        quality=args.quality,
+        storage_options=args.storage_options,
+        on_level=lambda level, s: log.info("level %d done in %.2f s", level, s),
+    )
+    total = time.perf_counter() - start
+    log.info(
+        "wrote %s (%dx%d, %s mode, %d tiles) in %.1f s (%.3f MP/s)",
+        args.output, report.width, report.height, report.mode, report.tiles, total,
+        report.width * report.height / 1e6 / report.seconds["stylize"],
+    )
+    return 0
+
+
+def _run_batch(args: argparse.Namespace, content: str) -> int:
+    from pipeline.batch import run_batch
+
+    return run_batch(args, content)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    content = args.content or args.input
+    try:
+        if content is None:
+            from jobs.samples import write_samples
+
+            content_dir, style_dir = write_samples(SAMPLES_DIR)
+            content, args.style = str(content_dir), [str(style_dir / "strokes.png")]
+            args.output = args.output or DEFAULT_OUTPUT
+            log.info("no --input: stylizing the sample images in %s into %s", SAMPLES_DIR, args.output)
+        if not args.style:
+            raise ValueError("--style is required")
+        if _is_file(content, args.storage_options):
+            return _run_single(args, content)
+        return _run_batch(args, content)
+    except (ImageError, WeightsError, ValueError, FileNotFoundError, OSError) as e:
+        print(f"ultrastyle stylize: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

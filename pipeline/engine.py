@@ -1,0 +1,141 @@
+"""The in-process engine: one content image and one style, whole-image or exact tiled.
+
+This is what ``ultrastyle stylize FILE`` and ``ultrastyle bench`` run, and what a Ray actor
+runs for an image small enough to go through in one call. ``mode="auto"`` picks the whole-image
+cascade when the padded image fits in one tile and the exact tiled cascade otherwise; both
+give the same picture, the tiled one in memory bounded by the tile size.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.canvas import MemoryCanvas
+from pipeline.cascade import LevelCallback, style_statistics, stylize_whole
+from pipeline.imageio import DEFAULT_MAX_PIXELS, LoadedImage, read_image
+from pipeline.models import ModelSet
+from pipeline.output import write_canvas
+from pipeline.stats import FeatureStats
+from pipeline.tiled import canvas_from_array, stylize_exact
+from pipeline.tiles import canvas_size, plan_tiles
+
+__all__ = ["MODES", "StyleStats", "RunReport", "load_style", "choose_mode", "stylize_image", "stylize_file"]
+
+MODES = ("auto", "whole", "exact")
+Mode = Literal["auto", "whole", "exact"]
+StyleStats = dict[int, FeatureStats]
+
+
+@dataclass
+class RunReport:
+    """What one content image went through: size, mode, tiles and seconds per stage."""
+
+    width: int
+    height: int
+    mode: str
+    tiles: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` float32 -> ``(1, 3, H, W)`` float32."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].contiguous()
+
+
+def load_style(
+    uri: str,
+    models: ModelSet,
+    *,
+    style_size: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> StyleStats:
+    """Read a style image, optionally resize its longer side to ``style_size``, and return its statistics."""
+    image = to_tensor(read_image(uri, storage_options, max_pixels=max_pixels).rgb)
+    if style_size:
+        h, w = image.shape[-2:]
+        factor = style_size / max(h, w)
+        size = (max(1, round(h * factor)), max(1, round(w * factor)))
+        image = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return style_statistics(image, models)
+
+
+def choose_mode(mode: Mode, height: int, width: int, tile: int) -> str:
+    """``auto`` -> ``whole`` when the padded image fits in one tile, else ``exact``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    ch, cw = canvas_size(height, width)
+    return "whole" if max(ch, cw) <= tile else "exact"
+
+
+def stylize_image(
+    image: LoadedImage,
+    style_stats: StyleStats,
+    models: ModelSet,
+    *,
+    mode: Mode = "auto",
+    tile: int = 1024,
+    alpha: float = 1.0,
+    workdir: str | None = None,
+    on_level: LevelCallback | None = None,
+):
+    """Stylize a decoded image; returns ``(canvas, report)`` with the result on the canvas."""
+    h, w = image.height, image.width
+    chosen = choose_mode(mode, h, w, tile)
+    start = time.perf_counter()
+    if chosen == "whole":
+        out = stylize_whole(to_tensor(image.rgb), style_stats, models, alpha=alpha, on_level=on_level)
+        canvas = MemoryCanvas(out[0].numpy())
+        tiles = 1
+    else:
+        source = canvas_from_array(image.rgb, workdir=workdir)
+        canvas = stylize_exact(source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level)
+        tiles = len(plan_tiles(h, w, tile=tile))
+    report = RunReport(w, h, chosen, tiles, {"stylize": time.perf_counter() - start})
+    return canvas, report
+
+
+def stylize_file(
+    content_uri: str,
+    output_uri: str,
+    style_stats: StyleStats,
+    models: ModelSet,
+    *,
+    mode: Mode = "auto",
+    tile: int = 1024,
+    alpha: float = 1.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    quality: int = 95,
+    storage_options: dict[str, Any] | None = None,
+    on_level: LevelCallback | None = None,
+) -> RunReport:
+    """Read ``content_uri``, stylize it and write ``output_uri`` (alpha and ICC profile kept)."""
+    start = time.perf_counter()
+    image = read_image(content_uri, storage_options, max_pixels=max_pixels)
+    read_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="ultrastyle-") as workdir:
+        canvas, report = stylize_image(
+            image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
+        )
+        start = time.perf_counter()
+        write_canvas(
+            output_uri,
+            canvas,
+            image.height,
+            image.width,
+            alpha=image.alpha,
+            icc_profile=image.icc_profile,
+            quality=quality,
+            storage_options=storage_options,
+        )
+    report.seconds = {"read": read_s, **report.seconds, "write": time.perf_counter() - start}
+    return report

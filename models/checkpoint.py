@@ -18,7 +18,7 @@ from typing import Any
 import fsspec
 import torch
 
-__all__ = ["WeightsError", "cache_dir", "fetch", "load_state_dict", "sha256_file", "WEIGHTS_ENV"]
+__all__ = ["WEIGHTS_ENV", "WeightsError", "cache_dir", "fetch", "load_state_dict", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def fetch(uri: str, sha256: str | None = None, storage_options: dict[str, Any] |
         cached = cache_dir() / f"{sha256}.pth"
         if cached.is_file():
             return cached
-    return _download(uri, sha256, storage_options)
+    return download(uri, sha256, storage_options)
 
 
 def _verify(path: Path, uri: str, sha256: str | None) -> None:
@@ -88,7 +88,12 @@ def _verify(path: Path, uri: str, sha256: str | None) -> None:
         raise WeightsError(f"sha256 mismatch for {uri}: expected {sha256}, got {actual}")
 
 
-def _download(uri: str, sha256: str | None, storage_options: dict[str, Any] | None) -> Path:
+def download(uri: str, sha256: str | None = None, storage_options: dict[str, Any] | None = None) -> Path:
+    """Copy ``uri`` (remote or local) into the digest-keyed cache and return the cache entry.
+
+    Raises:
+        WeightsError: unreachable source or digest mismatch (nothing is left in the cache).
+    """
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s into the weights cache %s", uri, folder)

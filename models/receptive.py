@@ -28,12 +28,13 @@ HALO_ALIGN = 16
 
 
 def reach(plan: Sequence[str]) -> int:
-    """Largest distance, in full-resolution pixels, from an output pixel to an input it reads.
+    """Largest distance, in full-resolution pixels, from an aligned block to an input it reads.
 
     ``plan`` lists layers in execution order: ``convXY`` (3x3, stride 1), ``pool`` (2x2,
     stride 2) or ``up`` (2x nearest). Grids are measured in full-resolution pixels, the finest
-    grid of the plan having stride 1. The distance is taken beyond the output pixel's own
-    footprint, worst case over every alignment of that pixel with the coarsest grid.
+    grid of the plan having stride 1. Tile cores start and end on the plan's coarsest grid, so
+    what a halo must cover is how far the inputs of any output pixel reach beyond the coarsest
+    cell that contains it (worst case over the pixel's position in that cell).
     """
     strides = [1.0]
     for name in plan:
@@ -43,8 +44,9 @@ def reach(plan: Sequence[str]) -> int:
             strides.append(strides[-1] / 2)
     finest, coarsest = min(strides), max(strides)
     s_out = int(strides[-1] / finest)
+    period = int(coarsest / finest) // s_out  # output cells per coarsest cell
     worst = 0
-    for phase in range(int(coarsest / finest) // s_out):
+    for phase in range(period):
         lo = hi = phase  # interval of cells on the current grid
         s = s_out
         for name in reversed(plan):
@@ -54,8 +56,8 @@ def reach(plan: Sequence[str]) -> int:
                 lo, hi, s = 2 * lo, 2 * hi + 1, s // 2
             elif name == "up":  # output cell j reads input cell j // 2
                 lo, hi, s = lo // 2, hi // 2, s * 2
-        first, last = phase * s_out, (phase + 1) * s_out - 1
-        worst = max(worst, first - lo * s, (hi + 1) * s - 1 - last)
+        block_end = period * s_out - 1  # the coarsest cell is [0, block_end] in pixels
+        worst = max(worst, -lo * s, (hi + 1) * s - 1 - block_end)
     return worst
 
 

@@ -29,27 +29,29 @@ __all__ = [
     "WeightSet",
     "WeightSpec",
     "official_weight_set",
+    "read_card",
     "resolve_weights",
     "small_decoder",
     "small_encoder",
-    "read_card",
 ]
 
 OFFICIAL_BASE_URL = "https://github.com/MingSun-Tse/Collaborative-Distillation/raw/master/"
 
 # file name -> (path in the authors' repository, sha256). The {k}SE/{k}SD names upstream are
 # symbolic links, so the download names the real files.
+_SE = "trained_models/wct_se_16x_new/"
+_SD = "trained_models/wct_se_16x_new_sd/"
 _OFFICIAL_FILES: dict[str, tuple[str, str]] = {
-    "1SE": ("trained_models/wct_se_16x_new/20191110-133713_E20.pth", "f74755a65164a88e0db8cbb7d99d7078b9fa505df0953fac5123bfc7c84e0ea4"),
-    "2SE": ("trained_models/wct_se_16x_new/20191110-132713_E20.pth", "cb654af6bae77176f8c7721c965483e865b987f2f1612dda1ba0d0b5c3819a61"),
-    "3SE": ("trained_models/wct_se_16x_new/20191110-132705_E20.pth", "269cdd0e2634e3e1e5d3005b9e7eca0f4cc8077653fee1ac8c0cf1cbe9ab8758"),
-    "4SE": ("trained_models/wct_se_16x_new/20191110-132643_E20.pth", "d2f059cbcd6669556a43aadef58d20c8b280462c18b60a9e7424a14dd271cd6b"),
-    "5SE": ("trained_models/wct_se_16x_new/20191109-211322_E20.pth", "9417c34d0d8d621bc6af78be745f1b8d30f5f210efa01e50655c60eb3770816b"),
-    "1SD": ("trained_models/wct_se_16x_new_sd/20191111-091942_E20.pth", "05f26ad40044c019da0cf731372d5bd2ee4b477825c7f45508da70b1cd5a95fd"),
-    "2SD": ("trained_models/wct_se_16x_new_sd/20191111-091932_E20.pth", "94dd26f0e69857f79bf284a43a3708aa05c09c2593427c7f6e400ad12ce314e6"),
-    "3SD": ("trained_models/wct_se_16x_new_sd/20191111-091929_E20.pth", "005faba27859435762a8a9386116c00629cd8835a01617d0a71defa577c42174"),
-    "4SD": ("trained_models/wct_se_16x_new_sd/20191111-092553_E20.pth", "902f65e2c6033d803d02df552eb898e5985190a7ae67d155e384826eec6f04cb"),
-    "5SD": ("trained_models/wct_se_16x_new_sd/20191110-204615_E20.pth", "17fd0f81622f01366eb21cb4d40140ee38cf988ed6eaf266629709c397a8b485"),
+    "1SE": (_SE + "20191110-133713_E20.pth", "f74755a65164a88e0db8cbb7d99d7078b9fa505df0953fac5123bfc7c84e0ea4"),
+    "2SE": (_SE + "20191110-132713_E20.pth", "cb654af6bae77176f8c7721c965483e865b987f2f1612dda1ba0d0b5c3819a61"),
+    "3SE": (_SE + "20191110-132705_E20.pth", "269cdd0e2634e3e1e5d3005b9e7eca0f4cc8077653fee1ac8c0cf1cbe9ab8758"),
+    "4SE": (_SE + "20191110-132643_E20.pth", "d2f059cbcd6669556a43aadef58d20c8b280462c18b60a9e7424a14dd271cd6b"),
+    "5SE": (_SE + "20191109-211322_E20.pth", "9417c34d0d8d621bc6af78be745f1b8d30f5f210efa01e50655c60eb3770816b"),
+    "1SD": (_SD + "20191111-091942_E20.pth", "05f26ad40044c019da0cf731372d5bd2ee4b477825c7f45508da70b1cd5a95fd"),
+    "2SD": (_SD + "20191111-091932_E20.pth", "94dd26f0e69857f79bf284a43a3708aa05c09c2593427c7f6e400ad12ce314e6"),
+    "3SD": (_SD + "20191111-091929_E20.pth", "005faba27859435762a8a9386116c00629cd8835a01617d0a71defa577c42174"),
+    "4SD": (_SD + "20191111-092553_E20.pth", "902f65e2c6033d803d02df552eb898e5985190a7ae67d155e384826eec6f04cb"),
+    "5SD": (_SD + "20191110-204615_E20.pth", "17fd0f81622f01366eb21cb4d40140ee38cf988ed6eaf266629709c397a8b485"),
 }
 
 
@@ -141,6 +143,7 @@ def resolve_weights(uri: str | None = None, storage_options: dict[str, Any] | No
             widths=tuple(card["widths"]),
             level1_width=card["level1_width"],
             embed_widths=tuple(card["embed_widths"]) if card.get("embed_widths") else None,
+            level1_embed_width=card.get("level1_embed_width"),
         )
         files = {
             name: WeightSpec(uri.rstrip("/") + f"/{name}.pth", digest) for name, digest in card["files"].items()

@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from pipeline.canvas import DiskCanvas, MemoryCanvas
+from pipeline.tiles import Rect
+
+
+def _canvases(tmp_path, c, h, w):
+    return [MemoryCanvas(np.zeros((c, h, w), np.float32)), DiskCanvas(str(tmp_path / "c.f32"), c, h, w)]
+
+
+@pytest.mark.parametrize("channels", [1, 3, 128])
+def test_disk_and_memory_canvases_round_trip_rectangles(tmp_path, channels):
+    rng = np.random.default_rng(0)
+    full = rng.normal(size=(channels, 64, 96)).astype(np.float32)
+    for canvas in _canvases(tmp_path, channels, 64, 96):
+        for y in range(0, 64, 32):
+            for x in range(0, 96, 48):
+                rect = Rect(y, x, y + 32, x + 48)
+                canvas.write(rect, full[(slice(None), *rect.slices())])
+        rect = Rect(5, 17, 61, 90)
+        np.testing.assert_array_equal(canvas.read(rect), full[(slice(None), *rect.slices())])
+        if isinstance(canvas, DiskCanvas):
+            canvas.close()
+
+
+def test_disk_canvas_removes_its_file(tmp_path):
+    canvas = DiskCanvas(str(tmp_path / "x.f32"), 3, 16, 16)
+    assert (tmp_path / "x.f32").stat().st_size == 3 * 16 * 16 * 4
+    canvas.close()
+    assert not (tmp_path / "x.f32").exists()

@@ -17,16 +17,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.canvas import MemoryCanvas
+from pipeline.canvas import Canvas, MemoryCanvas
 from pipeline.cascade import LevelCallback, style_statistics, stylize_whole
 from pipeline.imageio import DEFAULT_MAX_PIXELS, LoadedImage, read_image
 from pipeline.models import ModelSet
 from pipeline.output import write_canvas
 from pipeline.stats import FeatureStats
-from pipeline.tiled import canvas_from_array, stylize_exact
+from pipeline.tiff_source import StreamedImage, is_tiff, read_tiff_canvas
+from pipeline.tiled import canvas_from_array, read_rgb, stylize_exact
 from pipeline.tiles import canvas_size, plan_tiles
 
-__all__ = ["MODES", "StyleStats", "RunReport", "load_style", "choose_mode", "stylize_image", "stylize_file"]
+__all__ = ["MODES", "RunReport", "StyleStats", "choose_mode", "load_style", "stylize_file", "stylize_image"]
 
 MODES = ("auto", "whole", "exact")
 Mode = Literal["auto", "whole", "exact"]
@@ -78,7 +79,7 @@ def choose_mode(mode: Mode, height: int, width: int, tile: int) -> str:
 
 
 def stylize_image(
-    image: LoadedImage,
+    image: LoadedImage | StreamedImage,
     style_stats: StyleStats,
     models: ModelSet,
     *,
@@ -87,21 +88,36 @@ def stylize_image(
     alpha: float = 1.0,
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
-):
-    """Stylize a decoded image; returns ``(canvas, report)`` with the result on the canvas."""
+) -> tuple[Canvas, RunReport]:
+    """Stylize a decoded or streamed image.
+
+    Returns:
+        ``(canvas, report)``: the result on a canvas (crop to ``image.height`` x
+        ``image.width``) and what was done.
+    """
     h, w = image.height, image.width
     chosen = choose_mode(mode, h, w, tile)
     start = time.perf_counter()
     if chosen == "whole":
-        out = stylize_whole(to_tensor(image.rgb), style_stats, models, alpha=alpha, on_level=on_level)
-        canvas = MemoryCanvas(out[0].numpy())
+        rgb = image.rgb if isinstance(image, LoadedImage) else read_rgb(image.canvas, h, w)
+        out = stylize_whole(to_tensor(rgb), style_stats, models, alpha=alpha, on_level=on_level)
+        canvas: Canvas = MemoryCanvas(out[0].numpy())
         tiles = 1
     else:
-        source = canvas_from_array(image.rgb, workdir=workdir)
+        source = canvas_from_array(image.rgb, workdir=workdir) if isinstance(image, LoadedImage) else image.canvas
         canvas = stylize_exact(source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level)
         tiles = len(plan_tiles(h, w, tile=tile))
     report = RunReport(w, h, chosen, tiles, {"stylize": time.perf_counter() - start})
     return canvas, report
+
+
+def read_content(
+    uri: str, storage_options: dict[str, Any] | None = None, *, workdir: str | None, max_pixels: int
+) -> LoadedImage | StreamedImage:
+    """TIFFs stream segment by segment onto a canvas under ``workdir``; other formats decode whole."""
+    if is_tiff(uri):
+        return read_tiff_canvas(uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+    return read_image(uri, storage_options, max_pixels=max_pixels)
 
 
 def stylize_file(
@@ -119,10 +135,10 @@ def stylize_file(
     on_level: LevelCallback | None = None,
 ) -> RunReport:
     """Read ``content_uri``, stylize it and write ``output_uri`` (alpha and ICC profile kept)."""
-    start = time.perf_counter()
-    image = read_image(content_uri, storage_options, max_pixels=max_pixels)
-    read_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="ultrastyle-") as workdir:
+        start = time.perf_counter()
+        image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+        read_s = time.perf_counter() - start
         canvas, report = stylize_image(
             image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
         )

@@ -23,12 +23,13 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageError",
     "LoadedImage",
-    "read_image",
-    "image_size",
+    "check_pixels",
     "encode_image",
+    "image_size",
+    "output_format",
+    "read_image",
     "write_bytes",
     "write_image",
-    "output_format",
 ]
 
 DEFAULT_MAX_PIXELS = 1_000_000_000
@@ -78,7 +79,8 @@ def _open_bytes(uri: str, storage_options: dict[str, Any] | None) -> bytes:
         raise ImageError(f"cannot read {uri}: {type(e).__name__}: {e}") from e
 
 
-def _check_pixels(uri: str, width: int, height: int, max_pixels: int) -> None:
+def check_pixels(uri: str, width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image over ``max_pixels`` (a decompression bomb guard, before decoding)."""
     if width * height > max_pixels:
         raise ImageError(
             f"{uri} is {width}x{height} = {width * height:,} pixels, over --max-pixels {max_pixels:,}"
@@ -141,7 +143,7 @@ def read_image(
         raise ImageError(f"{uri} is not an image Pillow can identify") from e
     except OSError as e:
         raise ImageError(f"{uri} is not a readable image: {e}") from e
-    _check_pixels(uri, *img.size, max_pixels)
+    check_pixels(uri, *img.size, max_pixels)
     if _is_deep_tiff(img):
         return _read_tiff(uri, data)
     try:

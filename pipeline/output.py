@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from fsspec.core import url_to_fs
 
-from pipeline.canvas import Canvas
+from pipeline.canvas import Canvas, MemoryCanvas
 from pipeline.imageio import encode_image, output_format, write_bytes
 from pipeline.tiles import Rect
 
-__all__ = ["TIFF_TILE", "write_canvas", "canvas_to_uint8"]
+__all__ = ["TIFF_TILE", "canvas_to_uint8", "write_canvas"]
 
 TIFF_TILE = 256
 
@@ -38,14 +38,14 @@ def canvas_to_uint8(canvas: Canvas, height: int, width: int, *, band: int = 256)
     return out
 
 
-def _tiff_tiles(canvas: Canvas, height: int, width: int, alpha: np.ndarray | None) -> Iterator[np.ndarray]:
+def _tiff_tiles(canvas: Canvas, height: int, width: int, alpha: Canvas | None) -> Iterator[np.ndarray]:
     for y in range(0, height, TIFF_TILE):
         for x in range(0, width, TIFF_TILE):
             rect = Rect(y, x, min(y + TIFF_TILE, height), min(x + TIFF_TILE, width))
             tile = np.zeros((TIFF_TILE, TIFF_TILE, 3 if alpha is None else 4), np.uint8)
             tile[: rect.height, : rect.width, :3] = _to_uint8(canvas.read(rect).transpose(1, 2, 0))
             if alpha is not None:
-                tile[: rect.height, : rect.width, 3] = _to_uint8(alpha[rect.slices()])
+                tile[: rect.height, : rect.width, 3] = _to_uint8(alpha.read(rect)[0])
             yield tile
 
 
@@ -54,7 +54,7 @@ def _write_tiff(
     canvas: Canvas,
     height: int,
     width: int,
-    alpha: np.ndarray | None,
+    alpha: Canvas | None,
     icc_profile: bytes | None,
     storage_options: dict[str, Any] | None,
 ) -> None:
@@ -95,7 +95,7 @@ def write_canvas(
     height: int,
     width: int,
     *,
-    alpha: np.ndarray | None = None,
+    alpha: np.ndarray | Canvas | None = None,
     icc_profile: bytes | None = None,
     quality: int = 95,
     storage_options: dict[str, Any] | None = None,
@@ -106,14 +106,19 @@ def write_canvas(
         uri: output URI; ``.tif``/``.tiff`` gives a tiled BigTIFF streamed from the canvas.
         canvas: output canvas of the cascade (float32 RGB, may exceed [0, 1]).
         height, width: the image size (the canvas is padded beyond it).
-        alpha: ``(H, W)`` float32 alpha to re-attach (dropped for JPEG).
+        alpha: ``(H, W)`` float32 alpha, or a ``(1, H, W)`` canvas of it, to re-attach
+            (dropped for JPEG).
         icc_profile: ICC profile to embed.
         quality: JPEG/WebP quality.
         storage_options: passed to the output filesystem.
     """
     fmt = output_format(uri)
+    if isinstance(alpha, np.ndarray):
+        alpha = MemoryCanvas(alpha[None])
     if fmt == "TIFF":
         _write_tiff(uri, canvas, height, width, alpha, icc_profile, storage_options)
         return
-    data = encode_image(canvas_to_uint8(canvas, height, width), fmt, alpha=alpha, icc_profile=icc_profile, quality=quality)
+    rgb = canvas_to_uint8(canvas, height, width)
+    alpha_array = None if alpha is None else alpha.read(Rect(0, 0, height, width))[0]
+    data = encode_image(rgb, fmt, alpha=alpha_array, icc_profile=icc_profile, quality=quality)
     write_bytes(uri, data, storage_options)

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pipeline.engine import choose_mode, load_style, stylize_file
+
+
+def test_choose_mode():
+    assert choose_mode("auto", 1000, 1024, 1024) == "whole"
+    assert choose_mode("auto", 1025, 1000, 1024) == "exact"
+    assert choose_mode("whole", 5000, 5000, 1024) == "whole"
+    with pytest.raises(ValueError, match="mode must be one of"):
+        choose_mode("fast", 10, 10, 1024)
+
+
+def test_style_size_resizes_the_longer_side(model_set, style_dir):
+    stats = load_style(str(style_dir / "matisse_hat_591x800.jpg"), model_set, style_size=256)
+    # 800 -> 256 and 591 -> 189; level 1 keeps full resolution.
+    assert stats[1].count == 256 * 189
+
+
+def test_streamed_tiff_in_exact_mode_equals_png_in_whole_mode(model_set, style_dir, content_dir, tmp_path):
+    rgb = np.asarray(Image.open(content_dir / "portrait_420.jpg").convert("RGB"))[:400, :390]
+    alpha = (np.arange(390)[None, :] * 255 // 389).repeat(400, 0).astype(np.uint8)
+    rgba = np.dstack([rgb, alpha])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "in.png")
+    tifffile.imwrite(tmp_path / "in.tif", rgba, tile=(64, 64), photometric="rgb", extrasamples=("unassalpha",))
+    style = load_style(str(style_dir / "sculpture_570.jpg"), model_set)
+    whole = stylize_file(str(tmp_path / "in.png"), str(tmp_path / "whole.png"), style, model_set, mode="whole")
+    exact = stylize_file(str(tmp_path / "in.tif"), str(tmp_path / "exact.tif"), style, model_set, tile=128)
+    assert (whole.mode, exact.mode, exact.tiles) == ("whole", "exact", 16)
+    a = np.asarray(Image.open(tmp_path / "whole.png")).astype(np.float64)
+    b = tifffile.imread(tmp_path / "exact.tif").astype(np.float64)
+    assert a.shape == b.shape == (400, 390, 4)
+    np.testing.assert_array_equal(a[..., 3], alpha)
+    np.testing.assert_array_equal(b[..., 3], alpha)
+    mse = ((a[..., :3] - b[..., :3]) ** 2).mean()
+    assert mse == 0 or 10 * np.log10(255**2 / mse) >= 50

@@ -15,12 +15,13 @@ import json
 import logging
 import sys
 import time
+from pathlib import PurePosixPath
 
 from fsspec.core import url_to_fs
 
 from models import WeightsError
 from pipeline.engine import MODES, load_style, stylize_file
-from pipeline.imageio import DEFAULT_MAX_PIXELS, ImageError
+from pipeline.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError
 from pipeline.models import load_model_set
 
 __all__ = ["build_parser", "main"]
@@ -49,16 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-options", type=json.loads, default=None,
                    help='JSON passed to fsspec, e.g. \'{"client_kwargs": {"endpoint_url": "http://..."}}\'')
     p.add_argument("--format", default=None, help="batch output extension (default: the input's)")
-    p.add_argument("--workers", type=int, default=None, help="model actors (batch; default: one per GPU, else 2)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="model actors (batch; default: one per GPU, else one per --cpus-per-worker CPUs)")
     p.add_argument("--gpus-per-worker", type=float, default=None,
                    help="GPUs per model actor (batch; default 1 when the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="CPUs per model actor, also its torch threads (batch; default 1)")
+    p.add_argument("--io-cpus", type=float, default=0.0,
+                   help="CPUs per read/cut and write task (batch; default 0: I/O bound, bounded by --max-in-flight)")
     p.add_argument("--max-in-flight", type=int, default=4, help="images in flight at once (batch; default 4)")
+    p.add_argument("--calls-per-worker", type=int, default=2, help="model calls queued per actor (batch; default 2)")
+    p.add_argument("--retries", type=int, default=3,
+                   help="actor restarts and retries of calls and tasks lost with a worker (batch; default 3)")
+    p.add_argument("--progress-seconds", type=float, default=10.0,
+                   help="interval of the progress line (batch; default 10)")
     return p
 
 
-def _is_file(uri: str, storage_options: dict | None) -> bool:
+def _is_single(uri: str, storage_options: dict | None) -> bool:
+    """A file, or a name with an image extension that is not a folder (so a typo says 'no such file')."""
     fs, path = url_to_fs(uri, **(storage_options or {}))
-    return fs.isfile(path)
+    if fs.isfile(path):
+        return True
+    return PurePosixPath(path).suffix.lower() in IMAGE_EXTENSIONS and not fs.isdir(path)
 
 
 def _run_single(args: argparse.Namespace, content: str) -> int:
@@ -98,7 +112,8 @@ def _run_batch(args: argparse.Namespace, content: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    log.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     content = args.content or args.input
     try:
@@ -111,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("no --input: stylizing the sample images in %s into %s", SAMPLES_DIR, args.output)
         if not args.style:
             raise ValueError("--style is required")
-        if _is_file(content, args.storage_options):
+        if _is_single(content, args.storage_options):
             return _run_single(args, content)
         return _run_batch(args, content)
     except (ImageError, WeightsError, ValueError, FileNotFoundError, OSError) as e:

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
     "ImageError",
     "LoadedImage",
     "check_pixels",
@@ -37,6 +38,8 @@ DEFAULT_MAX_PIXELS = 1_000_000_000
 Image.MAX_IMAGE_PIXELS = None
 
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+# Extensions taken as images when listing a prefix or telling a file from a prefix.
+IMAGE_EXTENSIONS = frozenset(_FORMATS) | {".bmp", ".gif"}
 
 
 class ImageError(ValueError):

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=1.0, help="style strength in [0, 1] (default 1)")
     p.add_argument("--style-size", type=int, default=None, help="resize the style's longer side to N px")
     p.add_argument("--mode", choices=MODES, default="auto",
-                   help="whole: in memory; exact: tiled, same result; auto: exact when larger than one tile")
+                   help="whole: in memory; exact: tiled, same result; auto: exact when larger than one tile; "
+                   "thumbnail: tiled in one pass with statistics from a 1024-px copy (faster, approximate)")
     p.add_argument("--tile", type=int, default=1024, help="tile core side in px, multiple of 16 (default 1024)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 1e9)")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")

@@ -1,0 +1,377 @@
+"""The batch job's bookkeeping: which (content, style) pairs to run, and the Parquet manifest.
+
+Every pair gets one output, ``<output>/<content dir>/<content stem>__<style stem>.<ext>``, and
+one manifest row saying how it went. Rows are written as small Parquet files under
+``<output>/_manifest/`` as pairs finish, each file written atomically, so a crash loses at
+most the pairs still in flight and a rerun can tell finished pairs from the rest. Nothing here
+knows about Ray: the same functions serve the job, its tests and anyone reading a manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import posixpath
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import PurePosixPath
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from pipeline.imageio import ImageError, output_format, write_bytes
+
+__all__ = [
+    "MANIFEST_DIR",
+    "SCHEMA",
+    "STATUSES",
+    "ManifestRow",
+    "ManifestWriter",
+    "Pair",
+    "Summary",
+    "completed_pairs",
+    "existing_files",
+    "join_uri",
+    "list_inputs",
+    "new_run_id",
+    "one_line_error",
+    "plan_pairs",
+    "read_manifest",
+    "summarize",
+]
+
+MANIFEST_DIR = "_manifest"
+STATUSES = ("ok", "skipped", "failed")
+# Longest error kept in a row: enough for a URI and a reason, short enough for a table view.
+_ERROR_CHARS = 400
+_DEFAULT_EXT = ".png"
+
+SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("content_uri", pa.string()),
+        ("style_uri", pa.string()),
+        ("output_uri", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("tiles", pa.int64()),
+        ("mode", pa.string()),
+        ("seconds", pa.float64()),
+        ("read_seconds", pa.float64()),
+        ("stylize_seconds", pa.float64()),
+        ("compute_seconds", pa.float64()),
+        ("reduce_seconds", pa.float64()),
+        ("write_seconds", pa.float64()),
+        ("worker", pa.string()),
+        ("model_id", pa.string()),
+        ("finished_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One unit of work: a content image, a style and where the result goes.
+
+    Attributes:
+        content_uri, style_uri, output_uri: URIs as the job will use them.
+        error: why the pair cannot run at all (its output key would escape the output
+            prefix, or collides with another pair's), empty when it can.
+    """
+
+    content_uri: str
+    style_uri: str
+    output_uri: str
+    error: str = ""
+
+
+@dataclass
+class ManifestRow:
+    """One row of the manifest (see :data:`SCHEMA`).
+
+    Attributes:
+        status: ``ok``, ``skipped`` (done by an earlier run, output present) or ``failed``.
+        error: one line, empty unless failed.
+        tiles: tile cores the image was cut into (1 for an image run in one call).
+        mode: ``whole``, ``exact`` (in one call) or ``tiled`` (rounds spread over actors).
+        seconds: wall time from the pair's start to its output being written.
+        read_seconds, write_seconds: decoding the input / encoding and storing the output.
+        stylize_seconds: wall time of the cascade (all levels, queueing included).
+        compute_seconds: time the model actors spent on this pair, summed over calls.
+        reduce_seconds: time the driver spent merging statistics and building transforms.
+        worker: the actor(s) that ran the pair, ``name@node``, comma-separated.
+        model_id: the weight set's id.
+    """
+
+    content_uri: str
+    style_uri: str
+    output_uri: str
+    status: str
+    error: str = ""
+    run_id: str = ""
+    width: int = 0
+    height: int = 0
+    tiles: int = 0
+    mode: str = ""
+    seconds: float = 0.0
+    read_seconds: float = 0.0
+    stylize_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    reduce_seconds: float = 0.0
+    write_seconds: float = 0.0
+    worker: str = ""
+    model_id: str = ""
+    finished_at: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+
+def new_run_id() -> str:
+    """A sortable, collision-resistant id for one run of the job (UTC time + random suffix)."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def one_line_error(error: BaseException) -> str:
+    """The manifest's ``error`` text for an exception: its first line, without traceback.
+
+    An exception raised on a Ray worker arrives wrapped, carrying the original in ``cause``;
+    the original's message is the one that names the input and the reason. Image errors are
+    written as is (their message already says what is wrong with which URI); others get
+    their type name in front.
+    """
+    while getattr(error, "cause", None) is not None and error.cause is not error:
+        error = error.cause
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if not isinstance(error, ImageError):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text[:_ERROR_CHARS]
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """``base/part/...`` for a local path or URL, without doubling slashes."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/"))])
+
+
+def _skipped(relative: str) -> bool:
+    """Hidden files (including our own ``.tmp-*`` partial writes) and manifests are not inputs."""
+    parts = relative.split("/")
+    return parts[-1].startswith(".") or MANIFEST_DIR in parts[:-1]
+
+
+def list_inputs(
+    input_uri: str, storage_options: dict[str, Any] | None = None, *, exclude_uri: str | None = None
+) -> list[str]:
+    """Every file under ``input_uri`` as a URI of the same form, sorted.
+
+    Non-image files are listed too: the job gives each a failed row rather than ignoring it.
+    Hidden files, ``_manifest`` folders and anything under ``exclude_uri`` (the output, when
+    it lies inside the input) are left out.
+
+    Raises:
+        FileNotFoundError: the input holds no file (missing bucket, prefix or folder).
+        OSError: the listing itself failed (unreachable endpoint, access denied); the
+            message names the URI and the cause in one line.
+    """
+    fs, root = url_to_fs(input_uri, **(storage_options or {}))
+    root = root.rstrip("/")
+    excluded = url_to_fs(exclude_uri, **(storage_options or {}))[1].rstrip("/") + "/" if exclude_uri else None
+    try:
+        found = fs.find(root)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"input {input_uri} does not exist ({e})") from e
+    except Exception as e:
+        raise OSError(f"cannot list input {input_uri}: {one_line_error(e)}") from e
+    uris = []
+    for path in sorted(found):
+        if excluded and (path + "/").startswith(excluded):
+            continue
+        relative = path[len(root) :].lstrip("/")
+        if relative and not _skipped(relative):
+            uris.append(join_uri(input_uri, relative))
+    if not uris:
+        raise FileNotFoundError(f"input {input_uri} holds no files")
+    return uris
+
+
+def _extension(content_uri: str, fmt: str | None) -> str:
+    if fmt:
+        ext = "." + fmt.lower().lstrip(".")
+        output_format("x" + ext)  # raises ImageError naming the extension when unsupported
+        return ext
+    ext = PurePosixPath(content_uri).suffix.lower()
+    try:
+        output_format("x" + ext)
+    except ImageError:
+        return _DEFAULT_EXT
+    return ext
+
+
+def plan_pairs(
+    content_uris: Sequence[str], style_uris: Sequence[str], *, input_uri: str, output_uri: str, fmt: str | None = None
+) -> list[Pair]:
+    """Every (content, style) pair with its output URI, in content-major order.
+
+    The output keeps the content's folder below ``input_uri`` and is named
+    ``<content stem>__<style stem>.<ext>``; ``ext`` is ``fmt`` or the content's own extension
+    (PNG when that is not an image format we write).
+
+    A content key with ``.``, ``..`` or empty components would put its output outside the
+    output prefix (S3 keys may hold them literally), and two pairs may map to one output
+    (styles with the same stem); such pairs get an ``error`` instead of running.
+    """
+    pairs: list[Pair] = []
+    taken: dict[str, str] = {}
+    base = input_uri.rstrip("/") + "/"
+    for content in content_uris:
+        relative = content[len(base) :] if content.startswith(base) else PurePosixPath(content).name
+        folder, name = posixpath.split(relative)
+        parts = relative.split("/")
+        for style in style_uris:
+            out = join_uri(output_uri, folder, f"{PurePosixPath(name).stem}__{PurePosixPath(style).stem}")
+            out += _extension(name, fmt)
+            error = ""
+            if any(p in ("", ".", "..") for p in parts):
+                error = f"content key {relative!r} would write outside the output prefix {output_uri}"
+            elif out in taken:
+                error = f"output {out} would overwrite the output of {taken[out]}"
+            else:
+                taken[out] = f"{content} x {style}"
+            pairs.append(Pair(content, style, out, error))
+    return pairs
+
+
+def existing_files(uri: str, storage_options: dict[str, Any] | None = None) -> set[str]:
+    """Filesystem paths (as ``url_to_fs`` strips them) of every file under ``uri``.
+
+    Raises:
+        FileNotFoundError, OSError: the output location cannot be listed (missing bucket,
+            unreachable endpoint); one line naming the URI.
+    """
+    fs, root = url_to_fs(uri, **(storage_options or {}))
+    try:
+        if not fs.exists(root):
+            return set()
+        return set(fs.find(root.rstrip("/")))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"output {uri} is not reachable ({e})") from e
+    except Exception as e:
+        raise OSError(f"cannot list output {uri}: {one_line_error(e)}") from e
+
+
+def _stripped(uri: str, storage_options: dict[str, Any] | None) -> str:
+    return url_to_fs(uri, **(storage_options or {}))[1]
+
+
+def read_manifest(output_uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """Every row ever written under ``<output_uri>/_manifest/``, as one table (empty if none)."""
+    fs, root = url_to_fs(join_uri(output_uri, MANIFEST_DIR), **(storage_options or {}))
+    if not fs.exists(root):
+        return SCHEMA.empty_table()
+    tables = []
+    for path in sorted(fs.find(root)):
+        if path.endswith(".parquet") and not posixpath.basename(path).startswith("."):
+            with fs.open(path, "rb") as f:
+                tables.append(pq.read_table(f, schema=SCHEMA))
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def completed_pairs(
+    table: pa.Table, existing: set[str], storage_options: dict[str, Any] | None = None
+) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Pairs some earlier run finished (``ok``) whose output still exists.
+
+    Args:
+        table: from :func:`read_manifest`.
+        existing: from :func:`existing_files` on the output URI.
+        storage_options: to resolve output URIs to the paths in ``existing``.
+
+    Returns:
+        ``(content_uri, style_uri, output_uri)`` -> that ``ok`` row (the latest one).
+    """
+    done: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in table.filter(pc.equal(table["status"], "ok")).to_pylist():
+        if _stripped(row["output_uri"], storage_options) in existing:
+            done[(row["content_uri"], row["style_uri"], row["output_uri"])] = row
+    return done
+
+
+class ManifestWriter:
+    """Appends rows to ``<output_uri>/_manifest/`` as ``part-<run id>-<n>.parquet`` files.
+
+    Each :meth:`write` is one small Parquet file written atomically, so every row reported
+    is on storage before the job moves on, and concurrent readers never see half a file.
+
+    Args:
+        output_uri: the job's output prefix.
+        run_id: this run's id (from :func:`new_run_id`), stamped on every row.
+        storage_options: passed to fsspec.
+    """
+
+    def __init__(self, output_uri: str, *, run_id: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.folder = join_uri(output_uri, MANIFEST_DIR)
+        self.run_id = run_id
+        self.storage_options = storage_options
+        self._count = 0
+
+    def write(self, rows: Iterable[ManifestRow]) -> str | None:
+        """Write ``rows`` as one Parquet file; returns its URI (``None`` when there were none)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        records = []
+        for row in rows:
+            row.run_id = self.run_id
+            row.finished_at = row.finished_at or now
+            records.append({f.name: getattr(row, f.name) for f in fields(row)})
+        if not records:
+            return None
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), buf)
+        uri = join_uri(self.folder, f"part-{self.run_id}-{self._count:06d}.parquet")
+        write_bytes(uri, buf.getvalue(), self.storage_options)
+        self._count += 1
+        return uri
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The job's closing line: pairs per status, megapixels written, wall seconds."""
+
+    ok: int
+    skipped: int
+    failed: int
+    megapixels: float
+    seconds: float
+
+    @property
+    def pairs(self) -> int:
+        return self.ok + self.skipped + self.failed
+
+    def line(self) -> str:
+        rate = self.megapixels / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.pairs} pairs: {self.ok} ok, {self.skipped} skipped, {self.failed} failed; "
+            f"{self.megapixels:.2f} MP stylized in {self.seconds:.1f} s ({rate:.3f} MP/s)"
+        )
+
+
+def summarize(rows: Iterable[ManifestRow], seconds: float) -> Summary:
+    """Count ``rows`` by status; megapixels are those stylized in this run (``ok`` rows)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    megapixels = 0.0
+    for row in rows:
+        counts[row.status] += 1
+        if row.status == "ok":
+            megapixels += row.megapixels
+    return Summary(counts["ok"], counts["skipped"], counts["failed"], megapixels, seconds)

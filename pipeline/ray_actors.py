@@ -1,0 +1,300 @@
+"""The batch job's Ray side: a model actor and two I/O tasks, each a thin wrapper.
+
+The actor loads the weights once in ``__init__``; each method unpacks its arguments, calls
+one pipeline function (:func:`~pipeline.tiled.tile_round_a`, :func:`~pipeline.tiled.tile_round_b`,
+:func:`~pipeline.engine.stylize_image`, :func:`~pipeline.engine.load_style`) and packs the
+result with the seconds it took. The tasks read and cut an image (:func:`cut_image`) and
+stitch and write one (:func:`write_chunks`). Resources, restarts and retries are set where
+they are called (:mod:`pipeline.batch`, from the job's flags), never here. Together with
+:mod:`pipeline.batch` this is the only pipeline module that imports Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from pipeline.chunks import ChunkCanvas
+from pipeline.engine import Mode, StyleStats, load_style, stylize_image
+from pipeline.imageio import LoadedImage, read_image
+from pipeline.models import load_model_set
+from pipeline.output import write_canvas
+from pipeline.stats import FeatureStats
+from pipeline.tiled import canvas_from_array, level_geometry, tile_round_a, tile_round_b
+from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
+from pipeline.wct import ColorTransform
+
+__all__ = ["CallInfo", "ImageHeader", "ModelActor", "WorkerInfo", "cut_image", "write_chunks"]
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """First item :func:`cut_image` yields: what the driver needs to plan the image.
+
+    Attributes:
+        width, height: image size in pixels (after EXIF orientation).
+        one_call: the image goes to one actor call whole (it fits in one tile, or the mode
+            is ``whole``); the next item is then the decoded image itself.
+        tiles: tile cores the image is cut into otherwise (the next items are its alpha, or
+            ``None``, and the ``(3, h, w)`` float32 cores in :func:`~pipeline.tiles.plan_tiles` order).
+        icc_profile: the input's ICC profile, for the output.
+        read_seconds: fetching and decoding the input.
+    """
+
+    width: int
+    height: int
+    one_call: bool
+    tiles: int
+    icc_profile: bytes | None
+    read_seconds: float
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a model actor reports about itself once loaded.
+
+    Attributes:
+        worker: ``<name>@<node ip>``, the manifest's ``worker`` value.
+        model_id: the weight set's id.
+        device: where the models run (``cpu``, ``cuda``).
+        pid: the actor's process id, for the operator's logs.
+        channels: encoder output channels per level (sets the level's geometry).
+    """
+
+    worker: str
+    model_id: str
+    device: str
+    pid: int
+    channels: dict[int, int]
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """The small part of a model call's result, which the driver fetches.
+
+    Attributes:
+        worker: the actor that ran the call.
+        seconds: time spent in the pipeline function.
+        stats: round A's feature statistics of the tile's core (``None`` for other calls).
+        mode: for a one-call image, the mode :func:`~pipeline.engine.stylize_image` chose.
+        write_seconds: for a one-call image, encoding and storing the output.
+    """
+
+    worker: str
+    seconds: float
+    stats: FeatureStats | None = None
+    mode: str = ""
+    write_seconds: float = 0.0
+
+
+@ray.remote
+def cut_image(
+    content_uri: str,
+    *,
+    tile: int,
+    mode: Mode,
+    max_pixels: int,
+    storage_options: dict[str, Any] | None,
+) -> Iterator[ImageHeader | LoadedImage | np.ndarray | None]:
+    """Read an image and stream it to the object store as tile cores (a Ray generator).
+
+    Yields an :class:`ImageHeader`, then either the :class:`~pipeline.imageio.LoadedImage`
+    (``header.one_call``) or the alpha channel (``(H, W)`` float32 or ``None``) followed by
+    each core of the reflect-padded canvas, ``(3, h, w)`` float32 in [0, 1]. The padded copy
+    lives in a disk canvas, so this task holds the decoded image and one core at a time.
+
+    Raises:
+        ImageError: the input is missing, not an image, corrupt, or over ``max_pixels``.
+    """
+    start = time.perf_counter()
+    image = read_image(content_uri, storage_options, max_pixels=max_pixels)
+    cores = plan_tiles(image.height, image.width, tile=tile)
+    one_call = mode == "whole" or len(cores) == 1
+    yield ImageHeader(
+        image.width, image.height, one_call, len(cores), image.icc_profile, time.perf_counter() - start
+    )
+    if one_call:
+        yield image
+        return
+    yield image.alpha
+    with tempfile.TemporaryDirectory(prefix="ultrastyle-cut-") as workdir:
+        canvas = canvas_from_array(image.rgb, workdir=workdir)
+        del image
+        for core in cores:
+            yield canvas.read(core.core)
+        canvas.close()
+
+
+@ray.remote
+def write_chunks(
+    output_uri: str,
+    height: int,
+    width: int,
+    rects: Sequence[Rect],
+    alpha: np.ndarray | None,
+    icc_profile: bytes | None,
+    *chunks: np.ndarray,
+    quality: int,
+    storage_options: dict[str, Any] | None,
+) -> float:
+    """Stitch the last level's cores and write the output atomically; returns the seconds taken.
+
+    Args:
+        output_uri: where the image goes (format by extension).
+        height, width: the image size; the cores cover its padded canvas.
+        rects: each core's rectangle, in the order of ``chunks``.
+        alpha: ``(H, W)`` float32 alpha to re-attach, or ``None``.
+        icc_profile: ICC profile to embed, or ``None``.
+        chunks: ``(3, h, w)`` float32 cores (object-store arrays, read in place).
+        quality: JPEG/WebP quality.
+        storage_options: passed to the output filesystem.
+    """
+    start = time.perf_counter()
+    canvas = ChunkCanvas(3, *canvas_size(height, width), zip(rects, chunks, strict=True))
+    write_canvas(
+        output_uri,
+        canvas,
+        height,
+        width,
+        alpha=alpha,
+        icc_profile=icc_profile,
+        quality=quality,
+        storage_options=storage_options,
+    )
+    return time.perf_counter() - start
+
+
+@ray.remote
+class ModelActor:
+    """Holds one weight set on one device and runs the engine's per-tile functions on it.
+
+    Args:
+        weights: the ``--weights`` URI (``None``: ``$ULTRASTYLE_WEIGHTS`` or the official files).
+        name: the actor's name in logs and the manifest.
+        device: ``cpu`` or ``cuda`` (the call site asks Ray for a GPU when it is ``cuda``).
+        threads: torch intra-op threads; the CPUs Ray reserved for this actor, so that
+            several actors on one node do not oversubscribe it.
+        storage_options: passed to fsspec for weights, styles and outputs.
+    """
+
+    def __init__(
+        self,
+        weights: str | None,
+        *,
+        name: str,
+        device: str,
+        threads: int,
+        storage_options: dict[str, Any] | None,
+    ) -> None:
+        torch.set_num_threads(threads)
+        self.models = load_model_set(weights, device=device, storage_options=storage_options)
+        self.storage_options = storage_options
+        self.worker = f"{name}@{ray.util.get_node_ip_address()}"
+        self.geometry = {k: level_geometry(k, enc.out_channels) for k, enc in self.models.encoders.items()}
+
+    def describe(self) -> WorkerInfo:
+        """Who this actor is and what it loaded."""
+        channels = {k: enc.out_channels for k, enc in self.models.encoders.items()}
+        return WorkerInfo(self.worker, self.models.model_id, str(self.models.device), os.getpid(), channels)
+
+    def style(self, style_uri: str, *, style_size: int | None, max_pixels: int) -> StyleStats:
+        """A style's statistics at every level (computed once per style, shared by reference)."""
+        return load_style(
+            style_uri, self.models, style_size=style_size, storage_options=self.storage_options, max_pixels=max_pixels
+        )
+
+    def stylize(
+        self,
+        image: LoadedImage,
+        style: StyleStats,
+        output_uri: str,
+        *,
+        mode: Mode,
+        tile: int,
+        alpha: float,
+        quality: int,
+    ) -> CallInfo:
+        """A small image in one call: the whole cascade, then the output written atomically."""
+        start = time.perf_counter()
+        image = dataclasses.replace(image, rgb=np.array(image.rgb))  # writable: see round_b
+        canvas, report = stylize_image(image, style, self.models, mode=mode, tile=tile, alpha=alpha)
+        middle = time.perf_counter()
+        write_canvas(
+            output_uri,
+            canvas,
+            image.height,
+            image.width,
+            alpha=image.alpha,
+            icc_profile=image.icc_profile,
+            quality=quality,
+            storage_options=self.storage_options,
+        )
+        return CallInfo(self.worker, middle - start, mode=report.mode, write_seconds=time.perf_counter() - middle)
+
+    @ray.method(num_returns=2)
+    def round_a(
+        self, level: int, tile: Tile, size: tuple[int, int], rects: Sequence[Rect], *chunks: np.ndarray
+    ) -> tuple[CallInfo, np.ndarray]:
+        """Round A of ``level`` for one tile, on the level's input cores around it.
+
+        Args:
+            level: 5..1.
+            tile: the tile whose core is computed.
+            size: ``(height, width)`` of the padded canvas.
+            rects, chunks: the input cores its encoder halo reaches, ``(3, h, w)`` float32.
+
+        Returns:
+            ``(CallInfo with the core's statistics, (C, h / scale, w / scale) float32 features)``.
+        """
+        start = time.perf_counter()
+        canvas = ChunkCanvas(3, *size, zip(rects, chunks, strict=True))
+        stats, features = tile_round_a(canvas, tile, self.models.encoders[level], self.geometry[level])
+        return CallInfo(self.worker, time.perf_counter() - start, stats=stats), features
+
+    @ray.method(num_returns=2)
+    def round_b(
+        self,
+        level: int,
+        tile: Tile,
+        size: tuple[int, int],
+        transform: ColorTransform,
+        rects: Sequence[Rect],
+        *chunks: np.ndarray,
+    ) -> tuple[np.ndarray, CallInfo]:
+        """Round B of ``level`` for one tile: its core of the next level's image.
+
+        Args:
+            level: 5..1.
+            tile: the tile whose core is computed.
+            size: ``(height, width)`` of the padded canvas.
+            transform: the level's global whitening-colouring transform.
+            rects, chunks: where the level caches features, round A's feature cores its
+                decoder halo reaches (rects at feature scale); otherwise the level's input
+                cores its full halo reaches.
+
+        Returns:
+            ``((3, h, w) float32 core, CallInfo)``.
+        """
+        start = time.perf_counter()
+        geo = self.geometry[level]
+        encoder = self.models.encoders[level]
+        image = ChunkCanvas(3, *size)
+        features = None
+        if geo.cache_features:
+            scaled = (size[0] // geo.scale, size[1] // geo.scale)
+            features = ChunkCanvas(encoder.out_channels, *scaled, zip(rects, chunks, strict=True))
+        else:
+            image = ChunkCanvas(3, *size, zip(rects, chunks, strict=True))
+        # Arrays from the object store are read-only, which torch warns about when wrapping them.
+        transform = ColorTransform(np.array(transform.matrix), np.array(transform.bias))
+        pixels = tile_round_b(image, features, tile, encoder, self.models.decoders[level], geo, transform)
+        return pixels, CallInfo(self.worker, time.perf_counter() - start)

@@ -1,0 +1,240 @@
+"""The Ray batch job end to end: a real local Ray cluster and moto's S3 server on loopback.
+
+One Ray instance (2 CPUs) serves the whole module; ``run_batch`` joins it. Images are small
+and the tile is 128 px, so one image still spans several tiles (and, at level 5, a halo
+wider than a tile) while the module stays within a couple of minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("moto.server")
+ray = pytest.importorskip("ray")
+
+from jobs.stylize import main  # noqa: E402
+from pipeline.engine import load_style, stylize_file  # noqa: E402
+from pipeline.manifest import SCHEMA, read_manifest  # noqa: E402
+
+TILE = 128
+STYLE_SIZE = 128
+MAX_PIXELS = 100_000
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_options():
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
+    }
+    server.stop()
+
+
+def _s3(options):
+    import s3fs
+
+    return s3fs.S3FileSystem(skip_instance_cache=True, **options)
+
+
+def _encode(img: Image.Image, fmt: str, **params) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def _decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _args(input_uri: str, output_uri: str, styles: list[str], weights_dir: Path, *extra: str) -> list[str]:
+    argv = ["--input", input_uri, "--output", output_uri, "--weights", str(weights_dir), "--tile", str(TILE),
+            "--style-size", str(STYLE_SIZE), "--workers", "2", "--progress-seconds", "0.5"]
+    for style in styles:
+        argv += ["--style", style]
+    return argv + list(extra)
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_options, content_dir, style_dir):
+    """``s3://photos/in/`` with good images of three formats and sizes, and bad inputs of each kind."""
+    fs = _s3(s3_options)
+    fs.mkdir("photos")
+    fs.mkdir("styles")
+    gate = Image.open(content_dir / "golden_gate_512.jpg").convert("RGB")
+    portrait = Image.open(content_dir / "portrait_420.jpg").convert("RGB")
+    files = {
+        # fits in one tile, with alpha: one actor call
+        "in/small.png": _encode(portrait.resize((96, 80)).convert("RGBA"), "PNG"),
+        # 6 tiles of 128 px in a subfolder, kept in the output's layout
+        "in/sub/mid.jpg": _encode(gate.resize((300, 200)), "JPEG", quality=95),
+        # 2 x 2 tiles, written back as a tiled TIFF
+        "in/tall.tif": _encode(portrait.resize((160, 240)), "TIFF"),
+        "in/corrupt.jpg": _encode(gate.resize((300, 200)), "JPEG")[:700],
+        "in/notes.txt": b"not an image\n",
+        "in/huge.png": _encode(gate.resize((400, 300)), "PNG"),  # over --max-pixels
+        "in/../evil.png": _encode(gate.resize((64, 64)), "PNG"),  # a key that climbs out of the prefix
+    }
+    for key, data in files.items():
+        fs.pipe_file(f"photos/{key}", data)
+    style = Image.open(style_dir / "brushwork_512.jpg").convert("RGB").resize((256, 256))  # under --max-pixels
+    fs.pipe_file("styles/brush.jpg", _encode(style, "JPEG", quality=95))
+    return {"input": "s3://photos/in", "styles": ["s3://styles/brush.jpg", "s3://styles/missing.jpg"]}
+
+
+def _reference(uri: str, style_uri: str, tmp_path: Path, model_set, options) -> np.ndarray:
+    """The in-process engine's output for the same input, decoded."""
+    style = load_style(style_uri, model_set, style_size=STYLE_SIZE, storage_options=options)
+    out = tmp_path / ("ref" + Path(uri).suffix)
+    stylize_file(uri, str(out), style, model_set, mode="auto", tile=TILE, storage_options=options)
+    return _decode(out.read_bytes())
+
+
+def test_batch_on_s3_end_to_end_and_resume(ray_cluster, s3_options, bucket, weights_dir, model_set, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ultrastyle")
+    opts = ["--storage-options", json.dumps(s3_options), "--max-pixels", str(MAX_PIXELS)]
+    argv = _args(bucket["input"], "s3://photos/out", bucket["styles"], weights_dir, *opts)
+
+    assert main(argv) == 1  # some pairs failed, the others finished
+
+    fs = _s3(s3_options)
+    table = read_manifest("s3://photos/out", s3_options)
+    assert table.schema.equals(SCHEMA)
+    rows = {(Path(r["content_uri"]).name, Path(r["style_uri"]).name): r for r in table.to_pylist()}
+    assert len(rows) == 7 * 2
+    ok = {k for k, r in rows.items() if r["status"] == "ok"}
+    assert ok == {("small.png", "brush.jpg"), ("mid.jpg", "brush.jpg"), ("tall.tif", "brush.jpg")}
+    for key, row in rows.items():
+        if key in ok:
+            assert row["error"] == "" and row["model_id"] and row["worker"].startswith("model-")
+            assert row["seconds"] > 0 and row["compute_seconds"] > 0 and row["read_seconds"] > 0
+        else:
+            assert row["status"] == "failed" and row["error"] and "\n" not in row["error"]
+        if key[1] == "missing.jpg" and key[0] != "evil.png":  # evil.png is refused before any style
+            assert row["error"].startswith("style image failed: no such file: s3://styles/missing.jpg")
+    errors = {k[0]: rows[k]["error"] for k in rows if k[1] == "brush.jpg"}
+    assert "corrupt" in errors["corrupt.jpg"] or "not a readable image" in errors["corrupt.jpg"]
+    assert "not an image" in errors["notes.txt"]
+    assert "over --max-pixels 100,000" in errors["huge.png"]
+    assert "outside the output prefix" in errors["evil.png"]
+    assert rows[("mid.jpg", "brush.jpg")]["tiles"] == 6 and rows[("mid.jpg", "brush.jpg")]["mode"] == "tiled"
+    assert rows[("small.png", "brush.jpg")]["mode"] == "whole"
+
+    expected = {
+        "photos/out/small__brush.png": ("s3://photos/in/small.png", (80, 96, 4)),
+        "photos/out/sub/mid__brush.jpg": ("s3://photos/in/sub/mid.jpg", (200, 300, 3)),
+        "photos/out/tall__brush.tif": ("s3://photos/in/tall.tif", (240, 160, 3)),
+    }
+    outputs = {p for p in fs.find("photos/out") if "/_manifest/" not in p}
+    assert outputs == set(expected)  # nothing escaped the prefix, nothing half-written left behind
+    for path, (content, shape) in expected.items():
+        got = _decode(fs.cat_file(path))
+        assert got.shape == shape
+        want = _reference(content, "s3://styles/brush.jpg", tmp_path, model_set, s3_options)
+        assert _psnr(got, want) >= 50, path
+    stamps = {p: fs.info(p)["LastModified"] for p in expected}
+
+    assert "done: 14 pairs: 3 ok, 0 skipped, 11 failed" in caplog.text
+    caplog.clear()
+
+    # A rerun skips the finished pairs, redoes none of them, and fails the bad ones again.
+    assert main(argv) == 1
+    fs.invalidate_cache()
+    table = read_manifest("s3://photos/out", s3_options)
+    runs = sorted(set(table["run_id"].to_pylist()))
+    assert len(runs) == 2
+    second = [r for r in table.to_pylist() if r["run_id"] == runs[1]]
+    assert len(second) == 14
+    skipped = {(Path(r["content_uri"]).name, Path(r["style_uri"]).name) for r in second if r["status"] == "skipped"}
+    assert skipped == ok
+    assert not [r for r in second if r["status"] == "ok"]
+    assert {p: fs.info(p)["LastModified"] for p in expected} == stamps
+    assert "done: 14 pairs: 0 ok, 3 skipped, 11 failed" in caplog.text
+
+
+def test_missing_bucket_is_one_clear_error(s3_options, weights_dir, tmp_path, capsys):
+    argv = _args("s3://no-such-bucket/in", str(tmp_path / "out"), ["s3://styles/brush.jpg"], weights_dir,
+                 "--storage-options", json.dumps(s3_options))
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ultrastyle stylize: error: input s3://no-such-bucket/in does not exist")
+
+
+def test_unreachable_endpoint_is_one_clear_error(weights_dir, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+               "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}}
+    argv = _args("s3://photos/in", str(tmp_path / "out"), ["s3://styles/brush.jpg"], weights_dir,
+                 "--storage-options", json.dumps(options))
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ultrastyle stylize: error: cannot list input s3://photos/in: EndpointConnectionError")
+
+
+class _KillOnProgress(logging.Handler):
+    """Kills a model actor (Ray restarts it) once some tile rounds are done and more are in flight."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+        self.killed: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.search(r"tile rounds (\d+)/(\d+)", record.getMessage())
+        if self.killed or not found or not self.after <= int(found[1]) < int(found[2]) - 20:
+            return
+        name = next(n for n in ray.util.list_named_actors() if n.endswith("-model-0"))
+        ray.kill(ray.get_actor(name), no_restart=False)
+        self.killed = name
+
+
+def test_killed_actor_is_restarted_and_its_tiles_retried(ray_cluster, content_dir, style_dir, weights_dir,
+                                                         model_set, tmp_path):
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    Image.open(content_dir / "golden_gate_512.jpg").convert("RGB").resize((400, 300)).save(source / "gate.png")
+    style = str(style_dir / "brushwork_512.jpg")
+    killer = _KillOnProgress(after=10)
+    logger = logging.getLogger("ultrastyle.batch")
+    logger.addHandler(killer)
+    try:
+        assert main(_args(str(source), str(out), [style], weights_dir, "--progress-seconds", "0.2")) == 0
+    finally:
+        logger.removeHandler(killer)
+    assert killer.killed, "the job finished before an actor could be killed"
+
+    row = read_manifest(str(out)).to_pylist()[0]
+    assert row["status"] == "ok" and row["tiles"] == 12
+    got = _decode((out / "gate__brushwork_512.png").read_bytes())
+    want = _reference(str(source / "gate.png"), style, tmp_path, model_set, None)
+    assert _psnr(got, want) >= 50

@@ -1,0 +1,192 @@
+"""models/checkpoint.py: fetching over HTTP into the digest-keyed cache, verification, safe loading.
+
+The download path runs against a real HTTP server on 127.0.0.1 serving a folder laid out like
+the authors' repository (``trained_models/wct_se_16x_new/<file>``), built from the shared
+official weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import WEIGHTS_ENV, WeightsError, cache_dir, fetch, load_state_dict, sha256_file
+from models.weights import _OFFICIAL_FILES, official_weight_set, small_decoder, small_encoder
+
+
+class _Server:
+    """A static HTTP server over ``root`` in a thread, counting the GET requests it answers."""
+
+    def __init__(self, root: Path) -> None:
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.base_uri = f"http://127.0.0.1:{self.httpd.server_port}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.thread.join()
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of this test's own, so no other test's downloads are found in it."""
+    monkeypatch.setenv("ULTRASTYLE_CACHE", str(tmp_path / "cache"))
+    return cache_dir()
+
+
+@pytest.fixture
+def upstream(tmp_path: Path, weights_dir: Path) -> Path:
+    """A folder laid out like the authors' repository, the files linked to the shared copies."""
+    root = tmp_path / "upstream"
+    for name, (path, _) in _OFFICIAL_FILES.items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(weights_dir / f"{name}.pth")
+    return root
+
+
+@pytest.fixture
+def server(upstream: Path) -> Iterator[_Server]:
+    srv = _Server(upstream)
+    yield srv
+    srv.stop()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_download_lands_in_cache_keyed_by_sha256(server: _Server, cache: Path, weights_dir: Path) -> None:
+    spec = official_weight_set(server.base_uri).spec("2SE")
+    path = fetch(spec.uri, spec.sha256)
+    assert path == cache / f"{spec.sha256}.pth"
+    assert sha256_file(path) == spec.sha256
+    assert path.read_bytes() == (weights_dir / "2SE.pth").read_bytes()
+    assert server.requests == ["/trained_models/wct_se_16x_new/20191110-132713_E20.pth"]
+    assert sorted(p.name for p in cache.iterdir()) == [path.name]  # no partial file left
+
+
+def test_second_fetch_works_offline(server: _Server, cache: Path) -> None:
+    wset = official_weight_set(server.base_uri)
+    first = small_decoder(3, weights=wset)
+    server.stop()
+    # The server is really gone: a file not yet cached now fails...
+    with pytest.raises(WeightsError, match="cannot fetch"):
+        small_decoder(2, weights=wset)
+    # ...while the cached one loads again, from the cache.
+    again = small_decoder(3, weights=wset)
+    assert len(server.requests) == 1
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key])
+    assert fetch(wset.spec("3SD").uri, wset.spec("3SD").sha256) == cache / f"{wset.spec('3SD').sha256}.pth"
+
+
+def test_wrong_bytes_name_uri_and_both_digests(upstream: Path, server: _Server, cache: Path, weights_dir: Path) -> None:
+    spec = official_weight_set(server.base_uri).spec("1SD")
+    served = upstream / _OFFICIAL_FILES["1SD"][0]
+    served.unlink()
+    served.write_bytes((weights_dir / "2SD.pth").read_bytes())
+    with pytest.raises(WeightsError) as err:
+        small_decoder(1, weights=official_weight_set(server.base_uri))
+    message = str(err.value)
+    assert spec.uri in message
+    assert spec.sha256 in message
+    assert sha256_file(weights_dir / "2SD.pth") in message
+    assert "\n" not in message
+    # Nothing is cached: neither under the expected digest nor as a stray partial download.
+    assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["closed port", "missing file"])
+def test_unreachable_url_says_how_to_use_a_local_copy(where: str, server: _Server, cache: Path) -> None:
+    base = f"http://127.0.0.1:{_closed_port()}/" if where == "closed port" else server.base_uri + "nowhere/"
+    wset = official_weight_set(base)
+    with pytest.raises(WeightsError) as err:
+        small_encoder(1, weights=wset)
+    message = str(err.value)
+    assert wset.spec("1SE").uri in message
+    assert "--weights" in message and WEIGHTS_ENV in message
+    assert list(cache.iterdir()) == []
+
+
+def test_local_file_is_verified_in_place(tmp_path: Path, weights_dir: Path, cache: Path) -> None:
+    digest = _OFFICIAL_FILES["1SE"][1]
+    assert fetch(str(weights_dir / "1SE.pth"), digest) == weights_dir / "1SE.pth"
+    assert fetch(f"file://{weights_dir / '1SE.pth'}", digest) == weights_dir / "1SE.pth"
+    assert not cache.exists()  # local files are not copied into the cache
+    with pytest.raises(WeightsError, match="sha256 mismatch") as err:
+        fetch(str(weights_dir / "2SE.pth"), digest)
+    assert digest in str(err.value) and _OFFICIAL_FILES["2SE"][1] in str(err.value)
+    with pytest.raises(WeightsError, match="not found") as err:
+        fetch(str(tmp_path / "absent.pth"), digest)
+    assert "--weights" in str(err.value) and WEIGHTS_ENV in str(err.value)
+
+
+def test_load_state_dict_unwraps_model_envelope(tmp_path: Path, weights_dir: Path) -> None:
+    wrapped = load_state_dict(weights_dir / "2SD.pth")
+    assert "model" not in wrapped
+    assert [k.split(".")[0] for k in wrapped] == ["conv21", "conv21", "conv12", "conv12", "conv11", "conv11"]
+    plain = tmp_path / "plain.pth"
+    torch.save(dict(wrapped), plain)
+    for key, value in load_state_dict(plain).items():
+        assert torch.equal(value, wrapped[key])
+    assert all(t.device.type == "cpu" for t in wrapped.values())  # the official files were saved on CUDA
+
+
+def test_load_state_dict_rejects_non_dicts_and_garbage(tmp_path: Path) -> None:
+    listed = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], listed)
+    with pytest.raises(WeightsError, match="expected a state dict"):
+        load_state_dict(listed)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read checkpoint"):
+        load_state_dict(garbage)
+
+
+class _Payload:
+    """Unpickling this object opens (creates) a file: code a checkpoint must never run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"conv0.weight": torch.zeros(1), "x": _Payload(marker)}, path)
+    with pytest.raises(WeightsError, match="cannot read checkpoint"):
+        load_state_dict(path)
+    assert not marker.exists()
+    # The payload is live: a full unpickle would have run it.
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    torch.load(path, weights_only=False)["x"].close()
+    assert marker.exists()

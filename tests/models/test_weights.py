@@ -1,0 +1,171 @@
+"""models/weights.py: the official set, local copies, distilled bundles and the strict builders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import WEIGHTS_ENV, WeightsError, load_state_dict, sha256_file
+from models.family import CD16X, LEVELS, FamilySpec
+from models.weights import (
+    OFFICIAL_BASE_URL,
+    CD16xWeights,
+    official_weight_set,
+    resolve_weights,
+    small_decoder,
+    small_encoder,
+)
+
+NAMES = [f"{k}{kind}" for k in LEVELS for kind in ("SE", "SD")]
+
+
+def _source_table(weights_dir: Path) -> dict[str, tuple[str, str]]:
+    """``{k}SE/SD -> (upstream path, sha256)`` from the table in the shared SOURCE.md."""
+    rows = {}
+    for line in (weights_dir / "SOURCE.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[0].endswith(".pth"):
+            rows[cells[0].removesuffix(".pth")] = (cells[1], cells[2])
+    return rows
+
+
+def test_official_set_is_pinned_as_documented(weights_dir: Path) -> None:
+    table = _source_table(weights_dir)
+    wset = CD16xWeights.DEFAULT.value
+    assert CD16xWeights.DEFAULT is CD16xWeights.OFFICIAL
+    assert wset.model_id == "cd16x" and wset.family == CD16X and wset.levels == LEVELS
+    assert sorted(wset.files) == sorted(table) == sorted(NAMES)
+    for name, (path, digest) in table.items():
+        assert wset.files[name].uri == OFFICIAL_BASE_URL + path
+        assert wset.files[name].sha256 == digest == sha256_file(weights_dir / f"{name}.pth")
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_official_models_load_strictly(level: int, weights_dir: Path) -> None:
+    wset = resolve_weights(str(weights_dir))
+    enc = small_encoder(level, weights=wset)
+    dec = small_decoder(level, weights=wset)
+    assert not enc.training and not dec.training
+    for module, name in ((enc, f"{level}SE"), (dec, f"{level}SD")):
+        state = load_state_dict(weights_dir / f"{name}.pth")
+        assert set(module.state_dict()) == set(state)
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, state[key]), key
+    x = torch.rand(1, 3, 64, 48)
+    with torch.inference_mode():
+        f = enc(x)
+        assert f.shape == (1, enc.out_channels, 64 >> (level - 1), 48 >> (level - 1))
+        assert dec(f).shape == x.shape
+
+
+def test_resolve_defaults_and_environment(weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    assert resolve_weights() is CD16xWeights.DEFAULT.value
+    monkeypatch.setenv(WEIGHTS_ENV, str(weights_dir))
+    from_env = resolve_weights()
+    assert from_env == official_weight_set(str(weights_dir), layout="flat")
+    assert from_env.files["3SD"].uri == f"{weights_dir}/3SD.pth"
+    assert from_env.files["3SD"].sha256 == CD16xWeights.DEFAULT.value.files["3SD"].sha256
+
+
+def test_missing_location_raises(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="not a folder"):
+        resolve_weights(str(tmp_path / "absent"))
+
+
+def test_corrupted_local_copy_fails_its_digest(tmp_path: Path, weights_dir: Path) -> None:
+    copy = tmp_path / "cd16x"
+    shutil.copytree(weights_dir, copy)
+    target = copy / "4SD.pth"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.chmod(0o644)
+    target.write_bytes(bytes(data))
+    wset = resolve_weights(str(copy))
+    with pytest.raises(WeightsError, match="sha256 mismatch") as err:
+        small_decoder(4, weights=wset)
+    assert str(target) in str(err.value)
+    assert sha256_file(target) in str(err.value)
+    small_encoder(4, weights=wset)  # the intact files of the same copy still load
+
+
+def _write_bundle(folder: Path, weights_dir: Path, run_id: str, files: dict[str, str]) -> None:
+    """A distill-style bundle: ``files`` maps bundle names to the shared files they copy."""
+    folder.mkdir(parents=True)
+    digests = {}
+    for name, source in files.items():
+        shutil.copyfile(weights_dir / f"{source}.pth", folder / f"{name}.pth")
+        digests[name] = sha256_file(folder / f"{name}.pth")
+    card = {
+        "run_id": run_id,
+        "widths": list(CD16X.widths),
+        "level1_width": CD16X.level1_width,
+        "embed_widths": list(CD16X.embed_widths),
+        "files": digests,
+    }
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+def test_bundle_and_latest(tmp_path: Path, weights_dir: Path) -> None:
+    publish = tmp_path / "publish"
+    _write_bundle(publish / "run-1", weights_dir, "run-1", {n: n for n in ("1SE", "1SD", "2SE", "2SD")})
+    _write_bundle(publish / "run-2", weights_dir, "run-2", {n: n for n in ("2SE", "2SD", "3SE")})
+    (publish / "latest").write_text("run-2\n")
+
+    bundle = resolve_weights(str(publish / "run-1"))
+    assert bundle.model_id == "bundle:run-1"
+    assert bundle.family == CD16X
+    assert bundle.levels == (1, 2)
+    assert bundle.files["2SE"].uri == f"{publish}/run-1/2SE.pth"
+    assert bundle.files["2SE"].sha256 == sha256_file(weights_dir / "2SE.pth")
+    enc = small_encoder(2, weights=bundle)
+    assert torch.equal(enc.conv21.weight, load_state_dict(weights_dir / "2SE.pth")["conv21.weight"])
+
+    latest = resolve_weights(str(publish / "latest"))
+    assert latest.model_id == "bundle:run-2"
+    assert latest.levels == (2,)  # 3SD is not in that bundle
+    with pytest.raises(WeightsError, match="no 3SD"):
+        small_decoder(3, weights=latest)
+
+
+def test_bundle_card_digest_is_enforced(tmp_path: Path, weights_dir: Path) -> None:
+    folder = tmp_path / "run"
+    _write_bundle(folder, weights_dir, "run", {"1SE": "1SE", "1SD": "1SD"})
+    card = json.loads((folder / "card.json").read_text())
+    card["files"]["1SD"] = "0" * 64
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        small_decoder(1, weights=resolve_weights(str(folder)))
+
+
+def test_bundle_with_other_widths(tmp_path: Path, weights_dir: Path) -> None:
+    """The card's widths build the modules: a half-width card does not fit the 16x files."""
+    folder = tmp_path / "half"
+    _write_bundle(folder, weights_dir, "half", {"2SE": "2SE", "2SD": "2SD"})
+    card = json.loads((folder / "card.json").read_text())
+    half = FamilySpec.scaled(0.5)
+    card.update(widths=list(half.widths), level1_width=half.level1_width, embed_widths=None)
+    (folder / "card.json").write_text(json.dumps(card))
+    wset = resolve_weights(str(folder))
+    assert wset.family == FamilySpec(half.widths, half.level1_width, None)
+    with pytest.raises(WeightsError, match="does not fit a level-2 Encoder"):
+        small_encoder(2, weights=wset)
+
+
+def test_file_of_the_wrong_level_is_refused(tmp_path: Path, weights_dir: Path) -> None:
+    folder = tmp_path / "swapped"
+    _write_bundle(folder, weights_dir, "swapped", {"1SE": "2SE", "1SD": "1SD"})
+    with pytest.raises(WeightsError, match="does not fit a level-1 Encoder"):
+        small_encoder(1, weights=resolve_weights(str(folder)))
+
+
+def test_builders_without_weights_are_random() -> None:
+    torch.manual_seed(0)
+    a = small_encoder(3)
+    b = small_encoder(3, family=FamilySpec.scaled(0.5))
+    assert a.out_channels == 64 and b.out_channels == 128
+    assert small_decoder(3).in_channels == 64

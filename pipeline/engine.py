@@ -24,13 +24,13 @@ from pipeline.models import ModelSet
 from pipeline.output import write_canvas
 from pipeline.stats import FeatureStats
 from pipeline.tiff_source import StreamedImage, is_tiff, read_tiff_canvas
-from pipeline.tiled import canvas_from_array, read_rgb, stylize_exact
+from pipeline.tiled import canvas_from_array, read_rgb, stylize_exact, stylize_thumbnail
 from pipeline.tiles import canvas_size, plan_tiles
 
 __all__ = ["MODES", "RunReport", "StyleStats", "choose_mode", "load_style", "stylize_file", "stylize_image"]
 
-MODES = ("auto", "whole", "exact")
-Mode = Literal["auto", "whole", "exact"]
+MODES = ("auto", "whole", "exact", "thumbnail")
+Mode = Literal["auto", "whole", "exact", "thumbnail"]
 StyleStats = dict[int, FeatureStats]
 
 
@@ -105,7 +105,14 @@ def stylize_image(
         tiles = 1
     else:
         source = canvas_from_array(image.rgb, workdir=workdir) if isinstance(image, LoadedImage) else image.canvas
-        canvas = stylize_exact(source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level)
+        if chosen == "exact":
+            canvas = stylize_exact(
+                source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
+            )
+        else:
+            canvas = stylize_thumbnail(
+                source, h, w, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
+            )
         tiles = len(plan_tiles(h, w, tile=tile))
     report = RunReport(w, h, chosen, tiles, {"stylize": time.perf_counter() - start})
     return canvas, report

@@ -113,3 +113,20 @@ def test_the_computed_halo_is_needed(model_set, style, content_dir, level):
     cut_error = np.abs(_tiled_level(model_set, image, level, transform, short, tile=128) - reference).max()
     assert cut_error > 1e-4
     assert cut_error > 100 * exact_error
+
+
+def test_thumbnail_mode_is_close_to_whole_but_not_exact(model_set, style, content_dir):
+    from pipeline.tiled import stylize_thumbnail, thumbnail
+
+    rgb = read_image(str(content_dir / "blossom_2048.jpg")).rgb[:768, :640]
+    canvas = canvas_from_array(rgb, workdir=None)
+    small = thumbnail(canvas, 768, 640, size=256)
+    assert small.shape == (1, 3, 256, 213)
+    np.testing.assert_allclose(small[0, :, 0, 0].numpy(), rgb[:3, :3].mean(axis=(0, 1)), atol=1e-6)
+    whole = stylize_whole(to_tensor(rgb), style, model_set)[0].permute(1, 2, 0).numpy()
+    # A thumbnail as large as the image has the image's statistics: one pass per tile is then exact.
+    full = stylize_thumbnail(canvas, 768, 640, style, model_set, tile=256, thumbnail_size=768)
+    assert psnr8(read_rgb(full, 768, 640), whole) >= 50
+    # Statistics from a 3x smaller copy are only an approximation of the image's.
+    approx = stylize_thumbnail(canvas, 768, 640, style, model_set, tile=256, thumbnail_size=256)
+    assert psnr8(read_rgb(approx, 768, 640), whole) < 30

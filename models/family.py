@@ -43,11 +43,16 @@ class FamilySpec:
             CD 16x release makes wider (24) than block 1 of the deeper models (16).
         embed_widths: channels the ``*_aux`` embedding layers map to (the teacher's
             widths), or ``None`` for a model without them (the teacher itself).
+        level1_embed_width: channels ``conv11_aux`` of the level-1 model maps to, for a
+            student of a teacher whose level-1 model is wider than its block 1 (a student of
+            the CD 16x release maps 12 -> 24 there but 8 -> 16 in deeper models); ``None``
+            uses ``embed_widths[0]``, as the CD 16x release itself does.
     """
 
     widths: tuple[int, ...]
     level1_width: int
     embed_widths: tuple[int, ...] | None = None
+    level1_embed_width: int | None = None
 
     @classmethod
     def scaled(cls, width: float, *, level1_width: int | None = None) -> FamilySpec:
@@ -64,6 +69,15 @@ class FamilySpec:
         if level == 1:
             return (self.level1_width,)
         return self.widths[:level]
+
+    def embed_widths_for(self, level: int) -> tuple[int, ...] | None:
+        """Channels the ``*_aux`` layers of the level-``level`` model map to (``None``: no such layers)."""
+        _check_level(level)
+        if self.embed_widths is None:
+            return None
+        if level == 1:
+            return (self.level1_embed_width or self.embed_widths[0],)
+        return self.embed_widths[:level]
 
 
 CD16X = FamilySpec.scaled(0.25, level1_width=24)
@@ -132,10 +146,11 @@ class Encoder(nn.Module):
         self.conv0 = nn.Conv2d(3, 3, 1)
         for name, (cin, cout) in self.channels.items():
             self.add_module(name, _conv3x3(cin, cout))
-        if spec.embed_widths is not None:
+        embed_widths = spec.embed_widths_for(level)
+        if embed_widths is not None:
             for name in self.relu_names:
                 cout = self.channels[name][1]
-                self.add_module(f"{name}_aux", nn.Conv2d(cout, spec.embed_widths[int(name[4]) - 1], 1))
+                self.add_module(f"{name}_aux", nn.Conv2d(cout, embed_widths[int(name[4]) - 1], 1))
         self.pool = nn.MaxPool2d(2, 2)
         self.relu = nn.ReLU(inplace=True)
 

@@ -1,0 +1,147 @@
+"""The distillation losses and objectives, and the reconstruction PSNR."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import VGG19, Decoder, Encoder
+from models.losses import (
+    DecoderObjective,
+    DistillationObjective,
+    embed_loss,
+    feature_loss,
+    perceptual_loss,
+    pixel_loss,
+    psnr,
+    reconstruction_psnr,
+)
+from models.pruning import prune_decoder, prune_encoder, student_family
+from models.weights import resolve_weights, small_decoder, small_encoder
+
+TEACHER = VGG19.scaled(0.125)  # a small stand-in teacher: 8-16-32-64-64 channels
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions run faster on one thread than fighting over two on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _teacher(level: int) -> tuple[Encoder, Decoder]:
+    torch.manual_seed(level)
+    return Encoder(level, TEACHER).eval(), Decoder(level, TEACHER).eval()
+
+
+def test_pixel_and_feature_losses_are_means_summed_over_layers():
+    a, b = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    assert pixel_loss(a, a) == 0
+    torch.testing.assert_close(pixel_loss(a, b), ((a - b) ** 2).mean())
+    f = [torch.rand(1, 4, 8, 8), torch.rand(1, 8, 4, 4)]
+    g = [torch.rand(1, 4, 8, 8), torch.rand(1, 8, 4, 4)]
+    torch.testing.assert_close(feature_loss(f, g), F.mse_loss(f[0], g[0]) + F.mse_loss(f[1], g[1]))
+    with pytest.raises(ValueError, match="matching"):
+        feature_loss(f, g[:1])
+
+
+def test_embed_loss_is_zero_for_a_full_width_student():
+    teacher, _ = _teacher(2)
+    student, _ = prune_encoder(teacher, student_family(TEACHER, 0.125))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        loss = embed_loss(teacher.forward_features(x), student.embed(student.forward_features(x)))
+    assert loss.item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_perceptual_loss_is_zero_on_the_input_and_grows_with_noise():
+    teacher, _ = _teacher(3)
+    x = torch.rand(1, 3, 32, 32)
+    assert perceptual_loss(teacher, x, x).item() == 0
+    small = perceptual_loss(teacher, x + 0.01 * torch.randn_like(x), x)
+    large = perceptual_loss(teacher, x + 0.1 * torch.randn_like(x), x)
+    assert 0 < small < large
+
+
+def test_distillation_objective_is_the_contract_sum_and_trains_only_the_student():
+    teacher, teacher_decoder = _teacher(2)
+    student, _ = prune_encoder(teacher, student_family(TEACHER, 0.0625))
+    objective = DistillationObjective(student, teacher, teacher_decoder, beta=0.5, lambda_p=0.25)
+    x = torch.rand(2, 3, 32, 32)
+    terms = objective(x)
+    assert set(terms) == {"loss", "embed", "pixel", "perceptual"}
+    expected = 0.5 * terms["embed"] + terms["pixel"] + 0.25 * terms["perceptual"]
+    torch.testing.assert_close(terms["loss"], expected)
+    terms["loss"].backward()
+    assert all(p.grad is None for p in (*teacher.parameters(), *teacher_decoder.parameters()))
+    assert student.conv0.weight.grad is None  # the input normalisation stays fixed
+    assert student.conv21.weight.grad is not None and student.conv21_aux.weight.grad is not None
+
+
+@pytest.mark.parametrize("kind", ["student_encoder", "student_decoder"])
+def test_objectives_fall_under_adam_on_a_real_image(kind, weights_dir, content_dir):
+    from pipeline.distill_data import load_eval_images
+
+    weights = resolve_weights(str(weights_dir))
+    teacher, teacher_decoder = small_encoder(2, weights=weights), small_decoder(2, weights=weights)
+    student, _ = prune_encoder(teacher, student_family(weights.family, 0.125))
+    if kind == "student_encoder":
+        objective = DistillationObjective(student, teacher, teacher_decoder, beta=0.01, lambda_p=0.01)
+    else:
+        decoder = prune_decoder(teacher_decoder, student.spec, student.conv21_aux)
+        objective = DecoderObjective(decoder, student, teacher, lambda_p=0.01)
+    (image,) = load_eval_images([str(content_dir / "golden_gate_512.jpg")], side=64)
+    x = torch.cat([image[..., :64, :64], image[..., :64, -64:]])
+    optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss = objective(x)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_decoder_objective_freezes_both_encoders():
+    teacher, _ = _teacher(1)
+    decoder = Decoder(1, TEACHER)
+    objective = DecoderObjective(decoder, teacher, teacher, lambda_p=1.0)
+    objective(torch.rand(1, 3, 32, 32))["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in decoder.parameters())
+    with pytest.raises(ValueError, match="level"):
+        DecoderObjective(Decoder(2, TEACHER), teacher, teacher, lambda_p=1.0)
+
+
+def test_psnr():
+    x = torch.full((1, 3, 4, 4), 0.5)
+    assert psnr(x, x) == math.inf
+    assert psnr(x + 0.1, x) == pytest.approx(20.0, abs=1e-4)  # mse 0.01
+    assert psnr(torch.full_like(x, 2.0), torch.ones_like(x)) == math.inf  # clamped to the peak
+
+
+def test_official_level1_reconstructs_a_real_image(weights_dir, content_dir):
+    from pipeline.distill_data import load_eval_images
+
+    weights = resolve_weights(str(weights_dir))
+    (image,) = load_eval_images([str(content_dir / "portrait_420.jpg")], side=128)
+    value = reconstruction_psnr(small_encoder(1, weights=weights), small_decoder(1, weights=weights), [image])
+    assert value > 30
+
+
+def test_distillation_modules_import_no_ray():
+    code = (
+        "import sys; import models.losses, models.pruning, pipeline.distill_data; "
+        "bad = [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]; assert not bad, bad"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)

@@ -44,8 +44,8 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError
 
-from pipeline.chunks import overlapping
-from pipeline.engine import StyleStats
+from pipeline.chunks import intersection, overlapping
+from pipeline.engine import RunReport, StyleStats
 from pipeline.manifest import (
     ManifestRow,
     ManifestWriter,
@@ -72,6 +72,8 @@ log = logging.getLogger("ultrastyle.batch")
 
 Waitable = Any  # ray.ObjectRef or ray.ObjectRefGenerator
 _NO_ACTORS = "no model actor is left (all died and Ray gave up restarting them)"
+# Modes whose cascade is not split into per-tile rounds: one actor call reads, stylizes and writes.
+_ONE_CALL_MODES = ("whole", "thumbnail")
 
 
 @dataclass(frozen=True)
@@ -289,9 +291,10 @@ class _PairRun:
         self.finished = False
         self.started = time.perf_counter()
         self.header: ImageHeader | None = None
+        self.report: RunReport | None = None
         self.tiles: list[Tile] = []
         self.cores: list[Rect] = []
-        self.alpha: ray.ObjectRef | None = None
+        self.alpha: list[ray.ObjectRef] = []
         self.image: list[ray.ObjectRef] = []
         self.received = 0
         self.size = (0, 0)
@@ -354,10 +357,12 @@ class _PairRun:
 
     def start(self) -> None:
         args = self.job.args
+        if args.mode in _ONE_CALL_MODES:
+            self._stylize_file()
+            return
         gen = cut_image.options(num_cpus=self.job.settings.io_cpus, max_retries=self.job.settings.retries).remote(
             self.pair.content_uri,
             tile=args.tile,
-            mode=args.mode,
             max_pixels=args.max_pixels,
             storage_options=args.storage_options,
         )
@@ -369,43 +374,60 @@ class _PairRun:
         except StopIteration:
             raise RuntimeError(f"reading {self.pair.content_uri} stopped after {self.received} items") from None
         self.received += 1
-        if self.header is None:
-            self.header = ray.get(ref)
-            self.job.progress.tiles_total += 1 if self.header.one_call else 2 * self.header.tiles * len(self.job.levels)
-        elif self.header.one_call:
-            self._stylize_whole(ref)
+        header = self.header
+        if header is None:
+            self.header = header = ray.get(ref)
+            self.job.progress.tiles_total += 1 if header.one_call else 2 * header.tiles * len(self.job.levels)
+        elif header.one_call:
+            self._stylize_decoded(ref)
             return
-        elif self.received == 2:
-            self.alpha = ref
+        elif header.has_alpha and self.received % 2:
+            self.alpha.append(ref)
         else:
             self.image.append(ref)
-            if len(self.image) == self.header.tiles:
-                self._start_tiled()
-                return
+        if not header.one_call and self.received == 1 + header.tiles * (2 if header.has_alpha else 1):
+            self._start_tiled()
+            return
         self.job.events.add(gen, self._guard(self._on_item))
 
     # -- one call --------------------------------------------------------------------------
 
-    def _stylize_whole(self, image: ray.ObjectRef) -> None:
-        args = self.job.args
-        self.stylize_started = time.perf_counter()
-
-        def submit(actor: ActorHandle) -> list[ray.ObjectRef]:
-            ref = actor.stylize.remote(
-                image, self.style.ref, self.pair.output_uri,
-                mode=args.mode, tile=args.tile, alpha=args.alpha, quality=args.quality,
-            )
-            return [ref]
+    def _one_call(self, submit: Callable[[ActorHandle], list[ray.ObjectRef]]) -> None:
+        self.job.progress.tiles_total += 0 if self.header else 1
 
         def done(refs: list[ray.ObjectRef]) -> None:
             info: CallInfo = ray.get(refs[0])
             self._account(info)
-            self.mode = info.mode
-            self.seconds["write"] = info.write_seconds
-            self.seconds["stylize"] = time.perf_counter() - self.stylize_started - info.write_seconds
+            self.report = info.report
+            self.mode = info.report.mode
             self.succeed()
 
         self._call(submit, done)
+
+    def _stylize_decoded(self, image: ray.ObjectRef) -> None:
+        """An image that fits in one tile, decoded by the cut task: one actor call."""
+        args = self.job.args
+        self._one_call(
+            lambda actor: [
+                actor.stylize.remote(
+                    image, self.style.ref, self.pair.output_uri,
+                    mode=args.mode, tile=args.tile, alpha=args.alpha, quality=args.quality,
+                )
+            ]
+        )
+
+    def _stylize_file(self) -> None:
+        """``whole``/``thumbnail`` modes: the actor reads, stylizes and writes in one call."""
+        args = self.job.args
+        self._one_call(
+            lambda actor: [
+                actor.stylize_file.remote(
+                    self.pair.content_uri, self.style.ref, self.pair.output_uri,
+                    mode=args.mode, tile=args.tile, alpha=args.alpha, max_pixels=args.max_pixels,
+                    quality=args.quality,
+                )
+            ]
+        )
 
     # -- tiled -----------------------------------------------------------------------------
 
@@ -488,11 +510,13 @@ class _PairRun:
     def _write(self) -> None:
         args, header = self.job.args, self.header
         self.seconds["stylize"] = time.perf_counter() - self.stylize_started
+        bounds = Rect(0, 0, header.height, header.width)
+        alpha_rects = [intersection(core, bounds) for core in self.cores] if header.has_alpha else []
         ref = write_chunks.options(num_cpus=self.job.settings.io_cpus, max_retries=self.job.settings.retries).remote(
-            self.pair.output_uri, header.height, header.width, self.cores, self.alpha, header.icc_profile,
-            *self.image, quality=args.quality, storage_options=args.storage_options,
+            self.pair.output_uri, header.height, header.width, self.cores, alpha_rects, header.icc_profile,
+            *self.image, *self.alpha, quality=args.quality, storage_options=args.storage_options,
         )
-        self.image = []
+        self.image, self.alpha = [], []
         self.job.events.add(ref, self._guard(self._on_written))
 
     def _on_written(self, ref: ray.ObjectRef) -> None:
@@ -502,20 +526,27 @@ class _PairRun:
     # -- the row ---------------------------------------------------------------------------
 
     def _row(self, status: str, error: str = "") -> ManifestRow:
-        header = self.header
-        s = self.seconds
+        header, report, s = self.header, self.report, dict(self.seconds)
+        width = height = tiles = 0
+        mode = ""
+        if report is not None:  # one call: the engine's own account
+            width, height, tiles, mode = report.width, report.height, report.tiles, report.mode
+            s.update({k: report.seconds.get(k, 0.0) for k in ("stylize", "write")})
+        elif header is not None:
+            width, height, tiles, mode = header.width, header.height, header.tiles, self.mode
+        read = header.read_seconds if header else (report.seconds.get("read", 0.0) if report else 0.0)
         return ManifestRow(
             self.pair.content_uri,
             self.pair.style_uri,
             self.pair.output_uri,
             status,
             error=error,
-            width=header.width if header else 0,
-            height=header.height if header else 0,
-            tiles=(1 if header.one_call else header.tiles) if header else 0,
-            mode=self.mode if header else "",
+            width=width,
+            height=height,
+            tiles=tiles,
+            mode=mode,
             seconds=time.perf_counter() - self.started,
-            read_seconds=header.read_seconds if header else 0.0,
+            read_seconds=read,
             stylize_seconds=s["stylize"],
             compute_seconds=s["compute"],
             reduce_seconds=s["reduce"],
@@ -530,7 +561,7 @@ class _PairRun:
 
     def fail(self, error: BaseException | str) -> None:
         self.finished = True
-        self.image, self.features, self.next_image = [], [], []
+        self.image, self.alpha, self.features, self.next_image = [], [], [], []
         message = error if isinstance(error, str) else one_line_error(error)
         self.job.finish(self, self._row("failed", message))
 

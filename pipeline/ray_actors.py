@@ -2,7 +2,8 @@
 
 The actor loads the weights once in ``__init__``; each method unpacks its arguments, calls
 one pipeline function (:func:`~pipeline.tiled.tile_round_a`, :func:`~pipeline.tiled.tile_round_b`,
-:func:`~pipeline.engine.stylize_image`, :func:`~pipeline.engine.load_style`) and packs the
+:func:`~pipeline.engine.stylize_image`, :func:`~pipeline.engine.stylize_file`,
+:func:`~pipeline.engine.load_style`) and packs the
 result with the seconds it took. The tasks read and cut an image (:func:`cut_image`) and
 stitch and write one (:func:`write_chunks`). Resources, restarts and retries are set where
 they are called (:mod:`pipeline.batch`, from the job's flags), never here. Together with
@@ -23,13 +24,15 @@ import numpy as np
 import ray
 import torch
 
-from pipeline.chunks import ChunkCanvas
-from pipeline.engine import Mode, StyleStats, load_style, stylize_image
-from pipeline.imageio import LoadedImage, read_image
+from pipeline.canvas import MemoryCanvas
+from pipeline.chunks import ChunkCanvas, intersection
+from pipeline.engine import Mode, RunReport, StyleStats, load_style, read_content, stylize_file, stylize_image
+from pipeline.imageio import LoadedImage
 from pipeline.models import load_model_set
 from pipeline.output import write_canvas
 from pipeline.stats import FeatureStats
-from pipeline.tiled import canvas_from_array, level_geometry, tile_round_a, tile_round_b
+from pipeline.tiff_source import StreamedImage
+from pipeline.tiled import canvas_from_array, level_geometry, read_rgb, tile_round_a, tile_round_b
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
 from pipeline.wct import ColorTransform
 
@@ -42,18 +45,21 @@ class ImageHeader:
 
     Attributes:
         width, height: image size in pixels (after EXIF orientation).
-        one_call: the image goes to one actor call whole (it fits in one tile, or the mode
-            is ``whole``); the next item is then the decoded image itself.
-        tiles: tile cores the image is cut into otherwise (the next items are its alpha, or
-            ``None``, and the ``(3, h, w)`` float32 cores in :func:`~pipeline.tiles.plan_tiles` order).
+        one_call: the image fits in one tile and goes to one actor call whole; the next
+            item is then the decoded :class:`~pipeline.imageio.LoadedImage`.
+        tiles: tile cores the image is cut into otherwise; the next items are, per core in
+            :func:`~pipeline.tiles.plan_tiles` order, its ``(3, h, w)`` float32 pixels and,
+            when ``has_alpha``, its ``(1, h', w')`` alpha (the core clipped to the image).
+        has_alpha: the input has an alpha channel, re-attached to the output.
         icc_profile: the input's ICC profile, for the output.
-        read_seconds: fetching and decoding the input.
+        read_seconds: fetching and decoding the input onto a canvas.
     """
 
     width: int
     height: int
     one_call: bool
     tiles: int
+    has_alpha: bool
     icc_profile: bytes | None
     read_seconds: float
 
@@ -83,17 +89,16 @@ class CallInfo:
 
     Attributes:
         worker: the actor that ran the call.
-        seconds: time spent in the pipeline function.
+        seconds: time spent in the pipeline function(s).
         stats: round A's feature statistics of the tile's core (``None`` for other calls).
-        mode: for a one-call image, the mode :func:`~pipeline.engine.stylize_image` chose.
-        write_seconds: for a one-call image, encoding and storing the output.
+        report: for an image run in one call, the engine's report (size, mode, tiles and
+            seconds per stage, ``write`` included).
     """
 
     worker: str
     seconds: float
     stats: FeatureStats | None = None
-    mode: str = ""
-    write_seconds: float = 0.0
+    report: RunReport | None = None
 
 
 @ray.remote
@@ -101,37 +106,45 @@ def cut_image(
     content_uri: str,
     *,
     tile: int,
-    mode: Mode,
     max_pixels: int,
     storage_options: dict[str, Any] | None,
-) -> Iterator[ImageHeader | LoadedImage | np.ndarray | None]:
+) -> Iterator[ImageHeader | LoadedImage | np.ndarray]:
     """Read an image and stream it to the object store as tile cores (a Ray generator).
 
     Yields an :class:`ImageHeader`, then either the :class:`~pipeline.imageio.LoadedImage`
-    (``header.one_call``) or the alpha channel (``(H, W)`` float32 or ``None``) followed by
-    each core of the reflect-padded canvas, ``(3, h, w)`` float32 in [0, 1]. The padded copy
-    lives in a disk canvas, so this task holds the decoded image and one core at a time.
+    (``header.one_call``) or, per core of the reflect-padded canvas, its ``(3, h, w)``
+    float32 pixels in [0, 1] and its alpha when the image has one. The image goes through
+    :func:`~pipeline.engine.read_content` onto a disk canvas (TIFFs segment by segment), so
+    this task holds at most the decoded image and one core at a time.
 
     Raises:
         ImageError: the input is missing, not an image, corrupt, or over ``max_pixels``.
     """
     start = time.perf_counter()
-    image = read_image(content_uri, storage_options, max_pixels=max_pixels)
-    cores = plan_tiles(image.height, image.width, tile=tile)
-    one_call = mode == "whole" or len(cores) == 1
-    yield ImageHeader(
-        image.width, image.height, one_call, len(cores), image.icc_profile, time.perf_counter() - start
-    )
-    if one_call:
-        yield image
-        return
-    yield image.alpha
     with tempfile.TemporaryDirectory(prefix="ultrastyle-cut-") as workdir:
-        canvas = canvas_from_array(image.rgb, workdir=workdir)
+        image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+        h, w = image.height, image.width
+        bounds = Rect(0, 0, h, w)
+        cores = [t.core for t in plan_tiles(h, w, tile=tile)]
+        one_call = len(cores) == 1
+        if one_call and isinstance(image, StreamedImage):
+            alpha = None if image.alpha is None else image.alpha.read(bounds)[0]
+            image = LoadedImage(read_rgb(image.canvas, h, w), alpha, image.icc_profile, image.format)
+        seconds = time.perf_counter() - start
+        yield ImageHeader(w, h, one_call, len(cores), image.alpha is not None, image.icc_profile, seconds)
+        if one_call:
+            yield image
+            return
+        if isinstance(image, LoadedImage):
+            canvas = canvas_from_array(image.rgb, workdir=workdir)
+            alpha = None if image.alpha is None else MemoryCanvas(image.alpha[None])
+        else:
+            canvas, alpha = image.canvas, image.alpha
         del image
         for core in cores:
-            yield canvas.read(core.core)
-        canvas.close()
+            yield canvas.read(core)
+            if alpha is not None:
+                yield alpha.read(intersection(core, bounds))
 
 
 @ray.remote
@@ -140,7 +153,7 @@ def write_chunks(
     height: int,
     width: int,
     rects: Sequence[Rect],
-    alpha: np.ndarray | None,
+    alpha_rects: Sequence[Rect],
     icc_profile: bytes | None,
     *chunks: np.ndarray,
     quality: int,
@@ -151,15 +164,19 @@ def write_chunks(
     Args:
         output_uri: where the image goes (format by extension).
         height, width: the image size; the cores cover its padded canvas.
-        rects: each core's rectangle, in the order of ``chunks``.
-        alpha: ``(H, W)`` float32 alpha to re-attach, or ``None``.
+        rects: each core's rectangle, in the order of the first ``len(rects)`` chunks.
+        alpha_rects: each alpha chunk's rectangle (empty without alpha), in the order of
+            the chunks after those.
         icc_profile: ICC profile to embed, or ``None``.
-        chunks: ``(3, h, w)`` float32 cores (object-store arrays, read in place).
+        chunks: ``(3, h, w)`` float32 cores, then ``(1, h', w')`` alpha chunks (object-store
+            arrays, read in place).
         quality: JPEG/WebP quality.
         storage_options: passed to the output filesystem.
     """
     start = time.perf_counter()
-    canvas = ChunkCanvas(3, *canvas_size(height, width), zip(rects, chunks, strict=True))
+    pixels, alphas = chunks[: len(rects)], chunks[len(rects) :]
+    canvas = ChunkCanvas(3, *canvas_size(height, width), zip(rects, pixels, strict=True))
+    alpha = ChunkCanvas(1, height, width, zip(alpha_rects, alphas, strict=True)) if alpha_rects else None
     write_canvas(
         output_uri,
         canvas,
@@ -238,7 +255,40 @@ class ModelActor:
             quality=quality,
             storage_options=self.storage_options,
         )
-        return CallInfo(self.worker, middle - start, mode=report.mode, write_seconds=time.perf_counter() - middle)
+        report.seconds["write"] = time.perf_counter() - middle
+        return CallInfo(self.worker, time.perf_counter() - start, report=report)
+
+    def stylize_file(
+        self,
+        content_uri: str,
+        style: StyleStats,
+        output_uri: str,
+        *,
+        mode: Mode,
+        tile: int,
+        alpha: float,
+        max_pixels: int,
+        quality: int,
+    ) -> CallInfo:
+        """An image in one call that reads and writes it too (``whole`` and ``thumbnail`` modes).
+
+        The engine keeps its intermediate images on disk canvases in a temporary folder, so
+        a large image costs this actor disk, not memory.
+        """
+        start = time.perf_counter()
+        report = stylize_file(
+            content_uri,
+            output_uri,
+            style,
+            self.models,
+            mode=mode,
+            tile=tile,
+            alpha=alpha,
+            max_pixels=max_pixels,
+            quality=quality,
+            storage_options=self.storage_options,
+        )
+        return CallInfo(self.worker, time.perf_counter() - start, report=report)
 
     @ray.method(num_returns=2)
     def round_a(

@@ -94,8 +94,8 @@ def bucket(s3_options, content_dir, style_dir):
         "in/small.png": _encode(portrait.resize((96, 80)).convert("RGBA"), "PNG"),
         # 6 tiles of 128 px in a subfolder, kept in the output's layout
         "in/sub/mid.jpg": _encode(gate.resize((300, 200)), "JPEG", quality=95),
-        # 2 x 2 tiles, written back as a tiled TIFF
-        "in/tall.tif": _encode(portrait.resize((160, 240)), "TIFF"),
+        # 2 x 2 tiles with alpha, streamed from and written back as a tiled TIFF
+        "in/tall.tif": _encode(portrait.resize((160, 240)).convert("RGBA"), "TIFF"),
         "in/corrupt.jpg": _encode(gate.resize((300, 200)), "JPEG")[:700],
         "in/notes.txt": b"not an image\n",
         "in/huge.png": _encode(gate.resize((400, 300)), "PNG"),  # over --max-pixels
@@ -149,7 +149,7 @@ def test_batch_on_s3_end_to_end_and_resume(ray_cluster, s3_options, bucket, weig
     expected = {
         "photos/out/small__brush.png": ("s3://photos/in/small.png", (80, 96, 4)),
         "photos/out/sub/mid__brush.jpg": ("s3://photos/in/sub/mid.jpg", (200, 300, 3)),
-        "photos/out/tall__brush.tif": ("s3://photos/in/tall.tif", (240, 160, 3)),
+        "photos/out/tall__brush.tif": ("s3://photos/in/tall.tif", (240, 160, 4)),
     }
     outputs = {p for p in fs.find("photos/out") if "/_manifest/" not in p}
     assert outputs == set(expected)  # nothing escaped the prefix, nothing half-written left behind
@@ -238,3 +238,19 @@ def test_killed_actor_is_restarted_and_its_tiles_retried(ray_cluster, content_di
     got = _decode((out / "gate__brushwork_512.png").read_bytes())
     want = _reference(str(source / "gate.png"), style, tmp_path, model_set, None)
     assert _psnr(got, want) >= 50
+
+
+def test_whole_mode_runs_each_image_in_one_actor_call(ray_cluster, content_dir, style_dir, weights_dir, model_set,
+                                                      tmp_path):
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    Image.open(content_dir / "portrait_420.jpg").convert("RGB").resize((200, 150)).save(source / "face.png")
+    style = str(style_dir / "brushwork_512.jpg")
+    assert main(_args(str(source), str(out), [style], weights_dir, "--mode", "whole")) == 0
+    [row] = read_manifest(str(out)).to_pylist()
+    assert (row["status"], row["mode"], row["tiles"], row["width"], row["height"]) == ("ok", "whole", 1, 200, 150)
+    assert row["read_seconds"] > 0 and row["write_seconds"] > 0 and row["worker"].startswith("model-")
+    got = _decode((out / "face__brushwork_512.png").read_bytes())
+    style_stats = load_style(style, model_set, style_size=STYLE_SIZE)
+    stylize_file(str(source / "face.png"), str(tmp_path / "ref.png"), style_stats, model_set, mode="whole")
+    assert _psnr(got, _decode((tmp_path / "ref.png").read_bytes())) >= 50

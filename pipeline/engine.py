@@ -46,8 +46,9 @@ class RunReport:
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """``(H, W, 3)`` float32 -> ``(1, 3, H, W)`` float32."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].contiguous()
+    """``(H, W, 3)`` float32 in [0, 1] (or uint8) -> ``(1, 3, H, W)`` float32 in [0, 1]."""
+    values = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else np.ascontiguousarray(rgb)
+    return torch.from_numpy(values).permute(2, 0, 1)[None].contiguous()
 
 
 def load_style(

@@ -51,7 +51,8 @@ class LoadedImage:
     """A decoded image.
 
     Attributes:
-        rgb: ``(H, W, 3)`` float32 in [0, 1].
+        rgb: ``(H, W, 3)`` float32 in [0, 1] (the engine also takes uint8, as the benchmark's
+            generated images are, to save memory).
         alpha: ``(H, W)`` float32 in [0, 1], or ``None``.
         icc_profile: the embedded ICC profile bytes, or ``None``.
         format: Pillow's name of the source format (``JPEG``, ``PNG``, ``TIFF``, ...).

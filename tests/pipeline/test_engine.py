@@ -37,3 +37,19 @@ def test_streamed_tiff_in_exact_mode_equals_png_in_whole_mode(model_set, style_d
     np.testing.assert_array_equal(b[..., 3], alpha)
     mse = ((a[..., :3] - b[..., :3]) ** 2).mean()
     assert mse == 0 or 10 * np.log10(255**2 / mse) >= 50
+
+
+def test_uint8_images_run_in_every_mode(model_set, style_dir):
+    from jobs.bench import synthetic_image
+    from pipeline.engine import stylize_image
+    from pipeline.imageio import LoadedImage
+    from pipeline.tiled import read_rgb
+
+    style = load_style(str(style_dir / "brushwork_512.jpg"), model_set)
+    image = LoadedImage(synthetic_image(96, 112))
+    results = {}
+    for mode in ("whole", "exact"):
+        canvas, report = stylize_image(image, style, model_set, mode=mode, tile=64)
+        assert report.mode == mode
+        results[mode] = read_rgb(canvas, 96, 112)
+    np.testing.assert_allclose(results["whole"], results["exact"], atol=1e-4)

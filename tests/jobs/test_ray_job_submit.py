@@ -112,3 +112,23 @@ def test_ray_job_submit_runs_the_batch_job(ray_head, content_dir, style_dir, wei
     assert sorted((r["status"], r["tiles"]) for r in rows) == [("ok", 1), ("ok", 4)]
     assert Image.open(out / "gate__brushwork_512.jpg").size == (200, 150)
     assert Image.open(out / "face__brushwork_512.png").size == (64, 64)
+
+
+def test_infra_manifests_match_the_job_and_the_ray_pin():
+    """The RayJob's entrypoint parses with the job's own flags, and every Ray version agrees."""
+    import shlex
+
+    import ray
+    import yaml
+
+    from jobs.stylize import build_parser
+
+    job = yaml.safe_load((REPO / "infra" / "rayjob-stylize.yaml").read_text())
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "jobs.stylize"]
+    args = build_parser().parse_args(argv[3:])
+    assert args.workers == job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"]
+    assert args.gpus_per_worker == 1 and args.io_cpus > 0
+    cluster = yaml.safe_load((REPO / "infra" / "raycluster.yaml").read_text())
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] == cluster["spec"]["rayVersion"] == ray.__version__
+    assert f"rayproject/ray:{ray.__version__}-" in (REPO / "infra" / "Dockerfile").read_text()

@@ -33,6 +33,10 @@ class Canvas(Protocol):
         """Store ``(C, h, w)`` ``values`` at ``rect``."""
         ...
 
+    def close(self) -> None:
+        """Release the storage; the canvas is not used afterwards."""
+        ...
+
 
 class MemoryCanvas:
     """A canvas held as one ``(C, H, W)`` float32 array."""
@@ -46,6 +50,9 @@ class MemoryCanvas:
 
     def write(self, rect: Rect, values: np.ndarray) -> None:
         self.array[(slice(None), *rect.slices())] = values
+
+    def close(self) -> None:
+        """Nothing to release beyond the array, which the garbage collector frees."""
 
 
 class DiskCanvas:

@@ -236,9 +236,10 @@ def stylize_exact(
         out = open_canvas(3, canvas.height, canvas.width, workdir=workdir, name=f"level{level}")
         for t in tiles:
             out.write(t.core, tile_round_b(image, features, t, encoder, models.decoders[level], geo, transform))
-        for done in (features, image if image is not canvas else None):
-            if done is not None and hasattr(done, "close"):
-                done.close()
+        if features is not None:
+            features.close()
+        if image is not canvas:
+            image.close()
         image = out
         if on_level is not None:
             on_level(level, time.perf_counter() - start)
@@ -284,7 +285,6 @@ def stylize_thumbnail(
     """
     tiles = plan_tiles(canvas.height, canvas.width, tile=tile)
     small = pad_to_multiple(thumbnail(canvas, height, width, size=thumbnail_size)).to(models.device)
-    bounds = Rect(0, 0, canvas.height, canvas.width)
     image = canvas
     for level in models.levels:
         start = time.perf_counter()
@@ -294,11 +294,8 @@ def stylize_thumbnail(
         geo = level_geometry(level, encoder.out_channels)
         out = open_canvas(3, canvas.height, canvas.width, workdir=workdir, name=f"level{level}")
         for t in tiles:
-            region = t.core.grow(geo.halo, bounds)
-            f = encode(encoder, torch.from_numpy(image.read(region))[None])
-            y = decode_core(decoder, f, transform, t.core.relative_to(region))
-            out.write(t.core, y[0].cpu().numpy())
-        if image is not canvas and hasattr(image, "close"):
+            out.write(t.core, tile_round_b(image, None, t, encoder, decoder, geo, transform))
+        if image is not canvas:
             image.close()
         image = out
         if on_level is not None:

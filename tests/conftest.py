@@ -43,6 +43,20 @@ def model_set(weights_dir):
     return load_model_set(str(weights_dir))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch work on one thread, restoring the session's setting afterwards.
+
+    Many small convolutions and SVDs stall in 2-thread parallel regions when the two cores
+    are shared with other work (measured: a cascade on an 80x100 crop took 7 s on 2 threads,
+    1.7 s on one; torch.svd of a 128x128 matrix 0.5 s vs 3 ms).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep the weights cache of every test out of the user's home."""

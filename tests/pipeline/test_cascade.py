@@ -8,7 +8,6 @@ checkpoint tensors, ``torch.svd`` WCT in float64 keeping singular values >= 1e-1
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,18 +75,7 @@ def _paper_decode(y: torch.Tensor, state: dict[str, torch.Tensor], level: int) -
     return y
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Run this module's torch work on one thread, restoring the session's setting afterwards.
-
-    Its many small convolutions and SVDs stall in 2-thread parallel regions when the two cores
-    are shared with other work (measured: a cascade on an 80x100 crop took 7 s on 2 threads,
-    1.7 s on one; torch.svd of a 128x128 matrix 0.5 s vs 3 ms).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _paper_wct(cf: torch.Tensor, sf: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -9,7 +9,6 @@ relative threshold instead, and the two must still agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +22,7 @@ from pipeline.wct import apply_transform, matrix_power_psd, whitening_coloring
 CD_THRESHOLD = 1e-100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Run this module's torch work on one thread, restoring the session's setting afterwards.
-
-    Its many small convolutions and SVDs stall in 2-thread parallel regions when the two cores
-    are shared with other work (measured: a cascade on an 80x100 crop took 7 s on 2 threads,
-    1.7 s on one; torch.svd of a 128x128 matrix 0.5 s vs 3 ms).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _textbook_wct(content: torch.Tensor, style: torch.Tensor, alpha: float) -> torch.Tensor:

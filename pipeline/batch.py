@@ -586,10 +586,11 @@ class _Job:
         self.geometry = {k: level_geometry(k, info.channels[k]) for k in self.levels}
         self.active: dict[int, _PairRun] = {}
         self.rows: list[ManifestRow] = []
+        self._unwritten: list[ManifestRow] = []
 
     def record(self, rows: Sequence[ManifestRow]) -> None:
-        """Count ``rows``, write them to the manifest and log the failed ones."""
-        self.writer.write(rows)
+        """Count and log ``rows``; :meth:`flush` writes them at the end of this round of events."""
+        self._unwritten.extend(rows)
         progress = self.progress
         for row in rows:
             progress.done += 1
@@ -602,6 +603,16 @@ class _Job:
                 log.warning("[%d/%d] failed %s x %s: %s", progress.done, progress.total_pairs,
                             row.content_uri, row.style_uri, row.error)
         self.rows.extend(rows)
+
+    def flush(self) -> None:
+        """Write the rows finished since the last flush as one manifest file.
+
+        Pairs that finish together share a file, so a bucket of small images does not make
+        one file per pair, and a crash loses no row that was reported.
+        """
+        if self._unwritten:
+            self.writer.write(self._unwritten)
+            self._unwritten = []
 
     def finish(self, run: _PairRun, row: ManifestRow) -> None:
         """A pair is done either way: free its in-flight slot and record its row."""
@@ -637,11 +648,11 @@ class _Job:
         self.pool.dispatch()
         if not any(self.pool.alive):
             self.pool.fail_queued(_NO_ACTORS)
-            if not len(self.events):
-                return
-        if not len(self.events):
+        if len(self.events):
+            self.events.wait(timeout=self.settings.progress_seconds)
+        elif any(self.pool.alive):
             raise RuntimeError("the batch scheduler has nothing to wait for but work left; this is a bug")
-        self.events.wait(timeout=self.settings.progress_seconds)
+        self.flush()
         now = time.perf_counter()
         if now - self.progress.last_line >= self.settings.progress_seconds:
             self.progress.last_line = now
@@ -658,22 +669,20 @@ class _Job:
                                            error=f"style image failed: {style.error}", model_id=self.model_id))
             else:
                 waiting.append((pair, style))
-        if refused:
-            self.record(refused)
+        self.record(refused)
         seq = itertools.count()
         while waiting or self.active:
+            if not any(self.pool.alive):  # nothing can run them: fail them without reading them
+                self.record([ManifestRow(p.content_uri, p.style_uri, p.output_uri, "failed", error=_NO_ACTORS)
+                             for p, _ in waiting])
+                waiting.clear()
             while waiting and len(self.active) < self.settings.max_in_flight:
                 pair, style = waiting.popleft()
                 run = _PairRun(self, pair, next(seq), style)
                 self.active[run.seq] = run
                 run.start()
-            if not any(self.pool.alive) and not self.active:
-                for pair, _ in waiting:
-                    self.record([ManifestRow(pair.content_uri, pair.style_uri, pair.output_uri, "failed",
-                                             error=_NO_ACTORS)])
-                waiting.clear()
-                break
             self._pump()
+        self.flush()
         log.info(self.progress.line(0))
         return self.rows
 

@@ -153,11 +153,29 @@ def one_line_error(error: BaseException) -> str:
     """
     while getattr(error, "cause", None) is not None and error.cause is not error:
         error = error.cause
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    if not isinstance(error, ImageError):
-        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    lines = str(error).splitlines()
+    text = _raised_line(lines)
+    if text is None:
+        first = next((line.strip() for line in lines if line.strip()), "")
+        text = first if isinstance(error, ImageError) else f"{type(error).__name__}: {first}".rstrip(": ")
     return text[:_ERROR_CHARS]
+
+
+def _raised_line(lines: list[str]) -> str | None:
+    """The ``Type: message`` line after the last frame of a traceback quoted in a message.
+
+    Ray quotes the remote traceback in some errors' text (an actor whose ``__init__``
+    raised, for one) without keeping the exception itself; the line that names what went
+    wrong is the one after the last ``File ...`` frame and its indented source lines.
+    """
+    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
+    if not frames:
+        return None
+    for line in lines[frames[-1] + 1 :]:
+        if line.strip() and not line.startswith(" "):
+            name, sep, message = line.partition(": ")
+            return f"{name.rsplit('.', 1)[-1]}{sep}{message.strip()}"
+    return None
 
 
 def join_uri(base: str, *parts: str) -> str:

@@ -254,3 +254,13 @@ def test_whole_mode_runs_each_image_in_one_actor_call(ray_cluster, content_dir, 
     style_stats = load_style(style, model_set, style_size=STYLE_SIZE)
     stylize_file(str(source / "face.png"), str(tmp_path / "ref.png"), style_stats, model_set, mode="whole")
     assert _psnr(got, _decode((tmp_path / "ref.png").read_bytes())) >= 50
+
+
+def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, content_dir, style_dir, tmp_path, caplog):
+    source = tmp_path / "in"
+    source.mkdir()
+    Image.open(content_dir / "portrait_420.jpg").convert("RGB").resize((64, 64)).save(source / "face.png")
+    argv = _args(str(source), str(tmp_path / "out"), [str(style_dir / "brushwork_512.jpg")], tmp_path / "no-weights")
+    assert main(argv) == 1
+    [line] = [r.getMessage() for r in caplog.records if "model actors failed to start" in r.getMessage()]
+    assert "\n" not in line and "no-weights" in line

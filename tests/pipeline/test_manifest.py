@@ -121,6 +121,19 @@ def test_one_line_error_unwraps_and_keeps_the_first_line():
     assert len(one_line_error(ValueError("x" * 5000))) <= 400
 
 
+def test_one_line_error_finds_the_raised_line_of_a_quoted_traceback():
+    quoted = (
+        "The actor died because of an error raised in its creation task, ray::A.__init__() (pid=1)\n"
+        "Traceback (most recent call last):\n"
+        '  File "/x/actors.py", line 3, in __init__\n'
+        "    load()\n"
+        "    ^^^^^^\n"
+        "models.checkpoint.WeightsError: no weights under s3://b/w\n"
+        "second line of the message\n"
+    )
+    assert one_line_error(RuntimeError(quoted)) == "WeightsError: no weights under s3://b/w"
+
+
 def test_summary_counts_statuses_and_megapixels_of_this_run():
     rows = [
         ManifestRow("a", "s", "o1", "ok", width=2000, height=1000),

@@ -51,16 +51,17 @@ def pad_to_multiple(image: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.
 
 
 def encode(encoder: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """Encoder forward on the encoder's device, under ``inference_mode``."""
+    """Encoder forward on the encoder's device, in channels-last layout, under ``inference_mode``."""
     device = next(encoder.parameters()).device
     with torch.inference_mode():
-        return encoder(image.to(device))
+        return encoder(image.to(device, memory_format=torch.channels_last))
 
 
 def decode_transformed(decoder: torch.nn.Module, features: torch.Tensor, transform: ColorTransform) -> torch.Tensor:
     """Whiten-colour ``features`` with ``transform`` and decode them to ``(N, 3, H, W)``."""
     with torch.inference_mode():
-        return decoder(apply_transform(features, transform))
+        transformed = apply_transform(features, transform).contiguous(memory_format=torch.channels_last)
+        return decoder(transformed)
 
 
 def style_statistics(style: torch.Tensor, models: ModelSet) -> dict[int, FeatureStats]:

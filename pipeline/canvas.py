@@ -77,7 +77,8 @@ class DiskCanvas:
         out = np.empty((rect.height, rect.width, self.channels), np.float32)
         for i in range(rect.height):
             os.preadv(self._fd, [memoryview(out[i]).cast("B")], self._offset(rect.y0 + i, rect.x0))
-        return out.transpose(2, 0, 1).copy()
+        # A (C, h, w) view of pixel-interleaved memory: channels-last, the layout the convs want.
+        return out.transpose(2, 0, 1)
 
     def write(self, rect: Rect, values: np.ndarray) -> None:
         rows = np.ascontiguousarray(values.transpose(1, 2, 0), dtype=np.float32)

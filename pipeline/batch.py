@@ -144,6 +144,7 @@ def _settings(args: argparse.Namespace) -> BatchSettings:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    """Refuse bad flags before listing anything or starting Ray (each error names its flag)."""
     if not args.output:
         raise ValueError("--output is required for a batch (an output prefix)")
     if args.tile <= 0 or args.tile % TILE_ALIGN:
@@ -155,6 +156,12 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.cpus_per_worker <= 0 or args.progress_seconds <= 0:
+        raise ValueError("--cpus-per-worker and --progress-seconds must be positive, got "
+                         f"{args.cpus_per_worker} and {args.progress_seconds}")
+    if args.io_cpus < 0 or args.retries < 0 or (args.gpus_per_worker or 0) < 0:
+        raise ValueError("--io-cpus, --retries and --gpus-per-worker cannot be negative, got "
+                         f"{args.io_cpus}, {args.retries} and {args.gpus_per_worker}")
 
 
 class _Events:

@@ -11,7 +11,9 @@ download but the weights (``--weights`` or ``$ULTRASTYLE_WEIGHTS``).
 
 It prints both rates, Ray's overhead on the pair (the batch row's wall seconds against the
 in-process read + stylize + write), the job's wall time including Ray's start and the actors'
-weight loading, and the per-stage split from the manifest.
+weight loading, the per-stage split from the manifest, and how busy the actors were. Run it on
+an otherwise idle machine: under CPU contention torch's intra-op threads (the in-process side)
+slow down far more than single-threaded actors, which flatters the batch job.
 """
 
 from __future__ import annotations
@@ -106,10 +108,12 @@ def main() -> None:
         print(f"batch job ({args.workers} CPU actors): pair {pair:.1f} s on average -> "
               f"{megapixels / pair:.3f} MP/s per image; {megapixels * len(rows) / wall:.3f} MP/s over the job's "
               f"{wall:.1f} s wall (Ray start and weight loading included)")
-        print(f"Ray overhead on the pair: {100 * (pair / local['total'] - 1):+.1f} %")
+        print(f"Ray overhead on the pair: {100 * (pair / local['total'] - 1):+.1f} % of the in-process time")
         for row in rows:
             split = ", ".join(f"{k.removesuffix('_seconds')} {row[k]:.1f} s" for k in STAGES)
-            print(f"  {Path(row['content_uri']).name}: {row['tiles']} tiles, {row['seconds']:.1f} s: {split}")
+            busy = row["compute_seconds"] / (args.workers * row["stylize_seconds"])
+            print(f"  {Path(row['content_uri']).name}: {row['tiles']} tiles, {row['seconds']:.1f} s: {split}; "
+                  f"actors busy {100 * busy:.0f} % of the levels' wall time")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -264,3 +264,16 @@ def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, conten
     assert main(argv) == 1
     [line] = [r.getMessage() for r in caplog.records if "model actors failed to start" in r.getMessage()]
     assert "\n" not in line and "no-weights" in line
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--tile", "100", "--tile must be a positive multiple of 16"), ("--max-in-flight", "0", "--max-in-flight"),
+     ("--alpha", "1.5", "--alpha must be in [0, 1]"), ("--retries", "-1", "cannot be negative")],
+)
+def test_bad_flags_are_refused_before_anything_runs(flag, value, message, tmp_path, weights_dir, capsys):
+    (tmp_path / "in").mkdir()
+    argv = _args(str(tmp_path / "in"), str(tmp_path / "out"), ["s.jpg"], weights_dir) + [flag, value]
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -24,7 +24,7 @@ import torch
 from pipeline.engine import MODES, LoadedImage, stylize_image, to_tensor
 from pipeline.models import load_model_set
 
-__all__ = ["build_parser", "main", "synthetic_image", "PeakMemory"]
+__all__ = ["PeakMemory", "build_parser", "main", "synthetic_image"]
 
 
 def synthetic_image(height: int, width: int, *, seed: int = 0, band: int = 512) -> np.ndarray:

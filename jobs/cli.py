@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-__all__ = ["main", "SUBCOMMANDS"]
+__all__ = ["SUBCOMMANDS", "main"]
 
 SUBCOMMANDS = {
     "stylize": "stylize images (one file, or every image under a prefix as a Ray batch job)",

@@ -14,7 +14,7 @@ from torchvision.models import VGG19_Weights, vgg19
 
 from models.family import VGG19, Decoder, Encoder
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "vgg19_encoder", "vgg19_decoder", "fold_normalization"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "fold_normalization", "vgg19_decoder", "vgg19_encoder"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

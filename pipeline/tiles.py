@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TILE_ALIGN", "Rect", "Tile", "plan_tiles", "canvas_size"]
+__all__ = ["TILE_ALIGN", "Rect", "Tile", "canvas_size", "plan_tiles"]
 
 # Cores and halos are multiples of this, so all four 2x2 max-pool grids of a tile coincide
 # with the whole image's.

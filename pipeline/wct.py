@@ -16,7 +16,7 @@ import torch
 
 from pipeline.stats import FeatureStats
 
-__all__ = ["EIGEN_THRESHOLD", "ColorTransform", "whitening_coloring", "apply_transform", "matrix_power_psd"]
+__all__ = ["EIGEN_THRESHOLD", "ColorTransform", "apply_transform", "matrix_power_psd", "whitening_coloring"]
 
 # Eigenvalues at or below this are dropped. The CD 16x encoders have dead channels (all zero),
 # which make the covariance exactly singular; the released code adds no identity to Sigma_c

@@ -42,10 +42,10 @@ import torch
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from pyarrow.fs import FileSystem, FSSpecHandler, PyFileSystem
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer, prepare_model
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer, get_device, prepare_model
 
-from models import LEVELS, Decoder, Encoder, FamilySpec
+from models import LEVELS, Decoder, Encoder, FamilySpec, WeightsError
 from models.losses import DecoderObjective, DistillationObjective
 from models.pruning import prune_decoder, prune_encoder, student_family
 from pipeline.distill_data import (
@@ -63,7 +63,17 @@ from pipeline.distill_data import (
 )
 from pipeline.imageio import write_bytes
 
-__all__ = ["Stage", "TrainState", "build_parser", "main", "plan_stages", "run", "train_loop_per_worker"]
+__all__ = [
+    "Setup",
+    "Stage",
+    "TrainState",
+    "build_parser",
+    "main",
+    "plan_stages",
+    "prepare",
+    "run",
+    "train_loop_per_worker",
+]
 
 log = logging.getLogger("ultrastyle.distill")
 
@@ -116,6 +126,7 @@ class TrainState:
         history: stage key -> one row of loss terms per step, in ``terms[key]`` order.
         terms: stage key -> names of the loss terms its rows hold.
         seconds: stage key -> wall seconds spent on its steps (over every attempt).
+        held_out: stage key -> its loss terms on a fixed held-out batch at ``"start"`` and ``"end"``.
         starts: ``[stage, step]`` at which each attempt of the run started.
     """
 
@@ -127,6 +138,7 @@ class TrainState:
     history: dict[str, list[list[float]]] = field(default_factory=dict)
     terms: dict[str, list[str]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    held_out: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     starts: list[list[int]] = field(default_factory=list)
 
     @classmethod
@@ -185,14 +197,33 @@ def _batches(shard: Any, batch_size: int) -> Iterator[torch.Tensor]:
             )
 
 
-def _report(state: TrainState, metrics: dict[str, Any], *, rank: int, with_checkpoint: bool) -> None:
+def _report(state: TrainState, metrics: dict[str, Any], *, rank: int) -> None:
     """Report metrics from every rank (a barrier); rank 0 alone attaches the checkpoint."""
-    if not with_checkpoint or rank != 0:
+    if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(asdict(state), Path(folder) / STATE_FILE)
+        torch.save(vars(state), Path(folder) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _probe_batch(uris: list[str], size: int, storage_options: dict[str, Any] | None) -> torch.Tensor:
+    """A fixed batch of centre crops of the held-out images: ``(N, 3, size, size)`` in [0, 1].
+
+    Training losses move with every random crop; the objective on the same held-out batch
+    at the start and the end of a stage says whether the stage helped.
+    """
+    crops = []
+    for image in load_eval_images(uris, side=size, storage_options=storage_options):
+        h, w = image.shape[-2:]
+        top, left = (h - size) // 2, (w - size) // 2
+        crops.append(image[..., top : top + size, left : left + size])
+    return torch.cat(crops)
+
+
+def _held_out_terms(objective: torch.nn.Module, probe: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        return {k: round(float(v), 6) for k, v in objective(probe).items()}
 
 
 def _train_stage(
@@ -200,20 +231,27 @@ def _train_stage(
     stage: Stage,
     state: TrainState,
     batches: Iterator[torch.Tensor],
+    probe: torch.Tensor,
     modules: tuple[torch.nn.Module, torch.nn.Module],
     config: dict[str, Any],
-    rank: int,
 ) -> None:
+    """Run (the rest of) one stage: Adam with a linear warm-up, rank 0 logging and checkpointing."""
     objective, trainable = modules
     if state.module is not None:
         trainable.load_state_dict(state.module)
-    model = prepare_model(objective)
+    model = prepare_model(objective)  # moves the objective to the device, DDP-wraps it
+    probe = probe.to(get_device())
+    if state.step == 0:
+        state.held_out[stage.key] = {"start": _held_out_terms(objective, probe)}
     optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=config["lr"])
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
+    rank, steps = ray.train.get_context().get_world_rank(), config["steps"]
     rows = state.history.setdefault(stage.key, [])
-    steps, start, first = config["steps"], time.perf_counter(), state.step + 1
+    start, first = time.perf_counter(), state.step + 1
     for step in range(first, steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = config["lr"] * min(1.0, step / config["warmup_steps"])
         terms = model(next(batches))
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -222,50 +260,47 @@ def _train_stage(
         rows.append([float(v.detach()) for v in terms.values()])
         state.step = step
         if rank == 0 and (step % config["log_every"] == 0 or step in (1, steps)):
-            rate = (step - first + 1) / (time.perf_counter() - start)
             text = " ".join(f"{k}={v:.4g}" for k, v in zip(terms, rows[-1], strict=True))
+            rate = (step - first + 1) / (time.perf_counter() - start)
             log.info(
                 "[%d/%d] %s step %d/%d %s (%.2f steps/s)",
                 index + 1,
-                config["n_stages"],
+                len(config["stages"]),
                 stage.title,
                 step,
                 steps,
                 text,
                 rate,
             )
-        if step % config["checkpoint_every"] == 0 or step == steps:
-            state.seconds[stage.key] = state.seconds.get(stage.key, 0.0) + time.perf_counter() - start
-            start, first = time.perf_counter(), step + 1
-            if step == steps:
-                state.done[stage.key] = {k: v.detach().cpu().clone() for k, v in trainable.state_dict().items()}
-                state.stage, state.step, state.module, state.optimizer = index + 1, 0, None, None
-            else:
-                state.module, state.optimizer = trainable.state_dict(), optimizer.state_dict()
-            metrics = {"stage": index, "level": stage.level, "kind": stage.kind, "step": step}
-            _report(
-                state,
-                {**metrics, **dict(zip(state.terms[stage.key], rows[-1], strict=True))},
-                rank=rank,
-                with_checkpoint=True,
-            )
+        if step % config["checkpoint_every"] and step != steps:
+            continue
+        state.seconds[stage.key] = state.seconds.get(stage.key, 0.0) + time.perf_counter() - start
+        if step == steps:
+            state.held_out[stage.key]["end"] = _held_out_terms(objective, probe)
+            state.done[stage.key] = {k: v.detach().cpu().clone() for k, v in trainable.state_dict().items()}
+            state.stage, state.step, state.module, state.optimizer = index + 1, 0, None, None
+        else:
+            state.module, state.optimizer = trainable.state_dict(), optimizer.state_dict()
+        metrics = {"stage": index, "level": stage.level, "kind": stage.kind, "step": step}
+        _report(state, {**metrics, **dict(zip(state.terms[stage.key], rows[-1], strict=True))}, rank=rank)
+        start, first = time.perf_counter(), step + 1
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: resume from the latest checkpoint, then run the remaining stages."""
     torch.set_num_threads(config["threads"])
-    rank = ray.train.get_context().get_world_rank()
     state = TrainState.load(ray.train.get_checkpoint())
     state.starts.append([state.stage, state.step])
-    if rank == 0 and len(state.starts) > 1:
+    if ray.train.get_context().get_world_rank() == 0 and len(state.starts) > 1:
         log.info("resuming at stage %d step %d (attempt %d)", state.stage + 1, state.step, len(state.starts))
     teacher = Teacher(config["teacher"], config["storage_options"], config["seed"])
     family = FamilySpec(**config["family"])
     stages = [Stage(**s) for s in config["stages"]]
     batches = _batches(ray.train.get_dataset_shard("train"), config["batch_size"])
+    probe = _probe_batch(config["held_out"], config["image_size"], config["storage_options"])
     for index in range(state.stage, len(stages)):
         modules = _stage_modules(stages[index], state, teacher, family, config)
-        _train_stage(index, stages[index], state, batches, modules, config, rank)
+        _train_stage(index, stages[index], state, batches, probe, modules, config)
 
 
 # -------------------------------------------------------------------------------- the driver
@@ -336,7 +371,8 @@ def _final_models(
 
 
 def _stage_summary(state: TrainState, stages: list[Stage], window: int = 10) -> dict[str, dict[str, Any]]:
-    """Per stage: steps/s and the mean of each loss term over its first and last ``window`` steps."""
+    """Per stage: steps/s, the mean of each loss term over its first and last ``window`` steps, and
+    the terms on the held-out batch before and after the stage."""
     summary = {}
     for stage in stages:
         rows = np.asarray(state.history.get(stage.key, []), dtype=np.float64)
@@ -351,6 +387,7 @@ def _stage_summary(state: TrainState, stages: list[Stage], window: int = 10) -> 
             else None,
             "first_loss": dict(zip(names, rows[:window].mean(axis=0).round(6).tolist(), strict=True)),
             "final_loss": dict(zip(names, rows[-window:].mean(axis=0).round(6).tolist(), strict=True)),
+            "held_out_loss": state.held_out.get(stage.key),
         }
     return summary
 
@@ -369,13 +406,24 @@ def _write_run_folder(
     write_bytes(f"{run_uri}/summary.json", json.dumps(summary, indent=2).encode(), storage_options)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, evaluate, write the run folder and (with ``--publish``) publish; return the summary.
+@dataclass(frozen=True)
+class Setup:
+    """What a run's arguments resolve to, checked before any Ray work starts."""
+
+    teacher: Teacher
+    family: FamilySpec
+    stages: list[Stage]
+    train_uris: list[str]
+    held_uris: list[str]
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    """Resolve the teacher, the student's widths, the stages and the held-out split.
 
     Raises:
-        ValueError: a setting does not fit the teacher (``--width``, ``--levels``).
+        ValueError: ``--width`` does not fit the teacher, or too few images to hold one out.
         FileNotFoundError: ``--data`` (or ``--eval-data``) holds no images.
-        ray.train.TrainingFailedError: training failed more than ``--max-failures`` times.
+        WeightsError: the teacher's weights cannot be read.
     """
     opts = args.storage_options
     teacher = Teacher(args.teacher, opts, args.seed)
@@ -386,6 +434,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         train_uris, held_uris = images, list_images(args.eval_data, opts)
     else:
         train_uris, held_uris = split_holdout(images, every=args.holdout_every)
+    return Setup(teacher, family, stages, train_uris, held_uris)
+
+
+def run(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
+    """Train, evaluate, write the run folder and (with ``--publish``) publish; return the summary.
+
+    Raises:
+        ray.train.TrainingFailedError: training failed more than ``--max-failures`` times.
+    """
+    opts = args.storage_options
+    teacher, family, stages = setup.teacher, setup.family, setup.stages
+    train_uris, held_uris = setup.train_uris, setup.held_uris
     log.info(
         "run %s: teacher %s, student widths %s (level 1: %d), %d stages x %d steps, %d training / %d held-out images",
         args.run_id,
@@ -397,16 +457,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         len(train_uris),
         len(held_uris),
     )
+    if not ray.is_initialized():
+        ray.init()
+    data_context = ray.data.DataContext.get_current()
+    data_context.print_on_execution_start = False  # one line per epoch otherwise
+    data_context.enable_progress_bars = False
     config = {
         "teacher": args.teacher,
         "storage_options": opts,
         "seed": args.seed,
         "family": asdict(family),
         "stages": [asdict(s) for s in stages],
-        "n_stages": len(stages),
         "steps": args.steps,
         "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "held_out": held_uris,
         "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
         "beta": args.beta,
         "lambda_p": args.lambda_p,
         "checkpoint_every": args.checkpoint_every,
@@ -425,7 +492,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=args.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets={"train": _training_dataset(train_uris, args)},
     )
@@ -474,7 +540,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     run_uri = f"{args.storage.rstrip('/')}/{args.run_id}"
-    summary = {"run_id": args.run_id, "run_uri": run_uri, **card}
+    curves = {s.key: [round(row[0], 6) for row in state.history.get(s.key, [])] for s in stages}
+    summary = {"run_id": args.run_id, "run_uri": run_uri, **card, "loss_curves": curves}
     if args.publish:
         states = {
             f"{k}{kind}": state.done[f"{k}{kind}"] for k in args.levels for kind in (STUDENT_ENCODER, STUDENT_DECODER)
@@ -544,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--warmup-steps", type=int, default=20, help="steps of linear learning-rate warm-up per stage")
     p.add_argument("--beta", type=float, default=0.01, help="weight of the embed loss (feature MSE)")
     p.add_argument("--lambda-p", type=float, default=0.01, help="weight of the perceptual losses (feature MSE)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
@@ -572,16 +640,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--image-size must be a multiple of 16, got {args.image_size}")
     args.run_id = args.run_id or f"distill-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    if not ray.is_initialized():
-        ray.init()
-    data_context = ray.data.DataContext.get_current()
-    data_context.print_on_execution_start = False  # one line per epoch otherwise
-    data_context.enable_progress_bars = False
     try:
-        run(args)
-    except ValueError as e:
-        print(f"ultrastyle distill: error: {e}", file=sys.stderr)
+        setup = prepare(args)
+    except (ValueError, FileNotFoundError, WeightsError) as e:
+        print(f"ultrastyle distill: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    try:
+        run(args, setup)
     except Exception:
         log.exception("distillation run %s failed", args.run_id)
         return 1

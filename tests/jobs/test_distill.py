@@ -1,0 +1,238 @@
+"""The distillation job end to end: a real local Ray cluster (2 CPUs), 2 Ray Train workers,
+the CD 16x models as teacher, the shared images, checkpoints on a local folder and on moto's
+S3 server on loopback; a worker killed mid-run; the published bundle stylizing an image."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+pytest.importorskip("moto.server")
+ray = pytest.importorskip("ray")
+
+from jobs.distill import Stage, build_parser, main, plan_stages  # noqa: E402
+from models import CD16X, Decoder, Encoder, FamilySpec, resolve_weights, small_decoder, small_encoder  # noqa: E402
+from pipeline.cascade import style_statistics, stylize_whole  # noqa: E402
+from pipeline.distill_data import load_eval_images, promote, publish_bundle  # noqa: E402
+from pipeline.models import load_model_set  # noqa: E402
+
+# Small enough for CI on two cores: 64 px crops, 4 per worker per step.
+FAST = [
+    "--width", "0.125", "--image-size", "64", "--batch-size", "4", "--crops-per-image", "4",
+    "--workers", "2", "--cpus-per-worker", "0.5", "--eval-size", "96", "--log-every", "5", "--warmup-steps", "4",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_options():
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": f"http://{host}:{port}"}}
+    server.stop()
+
+
+def _s3(options):
+    import s3fs
+
+    return s3fs.S3FileSystem(skip_instance_cache=True, **options)
+
+
+def _summary(fs, run_uri: str) -> dict:
+    fs.invalidate_cache()  # the listing polled during the run is stale
+    with fs.open(f"{run_uri}/summary.json", "r") as f:
+        return json.load(f)
+
+
+def _check_bundle(bundle_uri: str, options, style_dir: Path, content_dir: Path) -> None:
+    """The bundle loads as ``--weights`` does and stylizes an image through every level it has."""
+    weights = resolve_weights(bundle_uri, options)
+    models = load_model_set(weights, levels=weights.levels[::-1], storage_options=options)
+    assert models.model_id.startswith("bundle:")
+    (content,) = load_eval_images([str(content_dir / "portrait_420.jpg")], side=64)
+    (style,) = load_eval_images([str(style_dir / "sculpture_570.jpg")], side=64)
+    out = stylize_whole(content, style_statistics(style, models), models)
+    assert out.shape == content.shape and torch.isfinite(out).all()
+    assert out.min() >= 0 and out.max() <= 1
+
+
+# ------------------------------------------------------------------------------- no Ray
+
+
+def test_stages_train_missing_teacher_decoders_first():
+    stages = plan_stages([1, 3], {3})
+    assert [s.key for s in stages] == ["1SE", "1SD", "3TD", "3SE", "3SD"]
+    assert Stage(3, "TD").title == "L3 teacher decoder"
+
+
+def test_parser_defaults_and_errors(weights_dir, content_dir, capsys):
+    args = build_parser().parse_args(["--data", "d", "--storage", "s", "--levels", "3,1"])
+    assert args.levels == [1, 3] and args.teacher == "torchvision-vgg19" and args.width == 0.25
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--data", "d", "--storage", "s", "--levels", "0,6"])
+    wide = ["--teacher", str(weights_dir), "--data", str(content_dir), "--storage", "unused", "--width", "0.5"]
+    assert main(wide) == 2
+    assert "at most as wide" in capsys.readouterr().err
+
+
+def test_latest_moves_only_to_a_bundle_no_worse(weights_dir, content_dir, tmp_path):
+    weights = resolve_weights(str(weights_dir))
+    levels = (1, 2)
+    good = {f"{k}SE": small_encoder(k, weights=weights).state_dict() for k in levels}
+    good |= {f"{k}SD": small_decoder(k, weights=weights).state_dict() for k in levels}
+    torch.manual_seed(0)
+    bad = {f"{k}{t}": m(k, CD16X).state_dict() for k in levels for t, m in (("SE", Encoder), ("SD", Decoder))}
+    card = {"teacher": "test", "widths": list(CD16X.widths), "level1_width": 24}
+    card["embed_widths"] = list(CD16X.embed_widths)
+    images = load_eval_images([str(content_dir / "portrait_420.jpg")], side=64)
+    publish = str(tmp_path / "bundles")
+
+    def score(states: dict) -> dict[int, float]:
+        from pipeline.distill_data import evaluate_levels
+
+        family = FamilySpec(CD16X.widths, 24, CD16X.embed_widths)
+        enc = {k: Encoder(k, family) for k in levels}
+        dec = {k: Decoder(k, family) for k in levels}
+        for k in levels:
+            enc[k].load_state_dict(states[f"{k}SE"])
+            dec[k].load_state_dict(states[f"{k}SD"])
+        return evaluate_levels(enc, dec, images)
+
+    for run_id, states in (("good", good), ("bad", bad), ("again", good)):
+        publish_bundle(publish, run_id, states, card)
+    assert promote(publish, "good", score(good), images) == (True, None)
+    promoted, current = promote(publish, "bad", score(bad), images)
+    assert not promoted and current == pytest.approx(score(good))
+    assert (tmp_path / "bundles" / "latest").read_text() == "good"
+    assert promote(publish, "again", score(good), images)[0]  # equal is no worse
+    assert resolve_weights(f"{publish}/latest").model_id == "bundle:again"
+
+
+# ---------------------------------------------------------------------------- Ray Train
+
+
+def test_cd16x_teacher_half_width_student_all_levels(ray_cluster, weights_dir, content_dir, style_dir, tmp_path):
+    storage, publish = tmp_path / "runs", tmp_path / "bundles"
+    argv = [
+        "--teacher", str(weights_dir), "--data", str(content_dir.parent), "--storage", str(storage),
+        "--publish", str(publish), "--levels", "1,2,3,4,5", "--steps", "12", "--checkpoint-every", "6",
+        "--run-id", "local", *FAST,
+    ]  # fmt: skip
+    assert main(argv) == 0
+
+    run_dir = storage / "local"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stages = summary["metrics"]["stages"]
+    assert list(stages) == [f"{k}{t}" for k in (1, 2, 3, 4, 5) for t in ("SE", "SD")]
+    for key, stage in stages.items():
+        assert stage["steps"] == 12 and len(summary["loss_curves"][key]) == 12, key
+        held_out = stage["held_out_loss"]  # the same held-out crops before and after the stage
+        assert held_out["end"]["loss"] < held_out["start"]["loss"], (key, held_out)
+    for level in "12345":
+        assert 0 < summary["metrics"]["psnr"][level] < summary["metrics"]["teacher_psnr"][level]
+    assert summary["metrics"]["attempts"] == [[0, 0]]
+    assert (run_dir / "losses.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "reconstructions.png").read_bytes()[:4] == b"\x89PNG"
+    assert list(run_dir.glob("checkpoint_*/state.pt"))
+
+    assert (publish / "latest").read_text() == "local"
+    card = json.loads((publish / "local" / "card.json").read_text())
+    assert card["widths"] == [8, 16, 32, 64, 64] and card["level1_width"] == 12
+    assert card["embed_widths"] == [16, 32, 64, 128, 128] and card["level1_embed_width"] == 24
+    assert card["teacher"] == str(weights_dir) and card["steps"] == 12 and card["code_version"]
+    assert sorted(card["files"]) == sorted(f"{k}{t}" for k in range(1, 6) for t in ("SE", "SD"))
+    state = torch.load(publish / "local" / "1SE.pth", weights_only=True)
+    assert tuple(state["conv11.weight"].shape) == (12, 3, 3, 3)
+    assert tuple(state["conv11_aux.weight"].shape) == (24, 12, 1, 1)
+    _check_bundle(str(publish / "latest"), None, style_dir, content_dir)
+
+
+def _registered_checkpoint(fs, run_path: str) -> bool:
+    """Whether the Train controller has registered a checkpoint (a file in storage is not enough:
+    a worker killed between uploading and the controller's next poll restarts from the one before)."""
+    fs.invalidate_cache()
+    try:
+        snapshot = json.loads(fs.cat(f"{run_path}/checkpoint_manager_snapshot.json"))
+    except FileNotFoundError:
+        return False
+    return snapshot.get("latest_checkpoint_result") is not None
+
+
+def _kill_a_worker_after_first_checkpoint(fs, run_path: str, killed: list[int], timeout: float = 240) -> None:
+    """Wait for a registered checkpoint, then SIGKILL one Ray Train worker process of this test."""
+    deadline = time.monotonic() + timeout
+    while not _registered_checkpoint(fs, run_path):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.5)
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(proc.cmdline()):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
+                return
+        except psutil.Error:
+            continue
+
+
+def test_s3_checkpoints_and_a_killed_worker_resumes(ray_cluster, s3_options, weights_dir, content_dir, style_dir):
+    fs = _s3(s3_options)
+    fs.mkdir("distill")
+    for name in ("portrait_420.jpg", "golden_gate_512.jpg"):
+        fs.put(str(content_dir / name), f"distill/images/{name}")
+    fs.put(str(style_dir / "sculpture_570.jpg"), "distill/images/sculpture_570.jpg")
+    argv = [
+        "--teacher", str(weights_dir), "--data", "s3://distill/images", "--storage", "s3://distill/runs",
+        "--publish", "s3://distill/bundles", "--levels", "1", "--steps", "20", "--checkpoint-every", "5",
+        "--max-failures", "2", "--run-id", "s3run", "--storage-options", json.dumps(s3_options),
+        *FAST, "--crops-per-image", "8",
+    ]  # fmt: skip
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(fs, "distill/runs/s3run", killed))
+    killer.start()
+    try:
+        assert main(argv) == 0
+    finally:
+        killer.join()
+    assert killed, "no Ray Train worker was found to kill"
+
+    summary = _summary(fs, "distill/runs/s3run")
+    first, second = summary["metrics"]["attempts"]
+    assert first == [0, 0]
+    assert second > [0, 0], "the restarted workers began again from step 0"
+    assert second[1] % 5 == 0  # a checkpoint boundary
+    assert all(s["steps"] == 20 for s in summary["metrics"]["stages"].values())
+    assert fs.glob("distill/runs/s3run/checkpoint_*/state.pt")
+    assert fs.cat("distill/bundles/latest").decode() == "s3run"
+    _check_bundle("s3://distill/bundles/latest", s3_options, style_dir, content_dir)
+
+
+def test_untrained_vgg19_teacher_gets_a_decoder_first(ray_cluster, content_dir, tmp_path):
+    argv = [
+        "--teacher", "torchvision-vgg19:random", "--data", str(content_dir), "--storage", str(tmp_path),
+        "--levels", "1", "--steps", "3", "--checkpoint-every", "3", "--run-id", "vgg", *FAST,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "vgg" / "summary.json").read_text())
+    assert list(summary["metrics"]["stages"]) == ["1TD", "1SE", "1SD"]
+    assert summary["widths"] == [8, 16, 32, 64, 64] and summary["embed_widths"] == [64, 128, 256, 512, 512]
+    assert "1" in summary["metrics"]["teacher_psnr"]

@@ -61,7 +61,7 @@ from pipeline.manifest import (
 )
 from pipeline.models import CASCADE
 from pipeline.ray_actors import CallInfo, ImageHeader, ModelActor, WorkerInfo, cut_image, write_chunks
-from pipeline.stats import merge_stats
+from pipeline.stats import FeatureStats, merge_stats
 from pipeline.tiled import LevelGeometry, level_geometry
 from pipeline.tiles import TILE_ALIGN, Rect, Tile, canvas_size, plan_tiles
 from pipeline.wct import whitening_coloring
@@ -308,7 +308,7 @@ class _PairRun:
         self.bounds = Rect(0, 0, 0, 0)
         self.level_index = 0
         self.pending = 0
-        self.stats: list[Any] = []
+        self.stats: list[FeatureStats | None] = []
         self.features: list[ray.ObjectRef | None] = []
         self.next_image: list[ray.ObjectRef | None] = []
         self.workers: set[str] = set()
@@ -455,19 +455,29 @@ class _PairRun:
     def _geo(self) -> LevelGeometry:
         return self.job.geometry[self._level]
 
+    def _tile_call(
+        self,
+        method: str,
+        head: tuple[Any, ...],
+        chunks: list[ray.ObjectRef],
+        done: Callable[[list[ray.ObjectRef]], None],
+    ) -> None:
+        """Queue ``actor.<method>(*head, *chunks)``.
+
+        The chunks go as top-level arguments, so Ray resolves them before the call runs and
+        the actor reads them in place from its node's object store.
+        """
+        self._call(lambda actor: getattr(actor, method).remote(*head, *chunks), done)
+
     def _round_a(self) -> None:
         level, geo = self._level, self._geo
         n = len(self.tiles)
         self.stats, self.features, self.pending = [None] * n, [None] * n, 0
         for i, tile in enumerate(self.tiles):
             near = overlapping(self.cores, tile.core.grow(geo.encoder_halo, self.bounds))
-            rects = [self.cores[j] for j in near]
+            head = (level, tile, self.size, [self.cores[j] for j in near])
             chunks = [self.image[j] for j in near]
-
-            def submit(actor: ActorHandle, tile: Tile = tile, rects: list[Rect] = rects, chunks: list = chunks) -> list:
-                return actor.round_a.remote(level, tile, self.size, rects, *chunks)
-
-            self._call(submit, lambda refs, i=i: self._on_round_a(i, refs))
+            self._tile_call("round_a", head, chunks, lambda refs, i=i: self._on_round_a(i, refs))
 
     def _on_round_a(self, i: int, refs: list[ray.ObjectRef]) -> None:
         info: CallInfo = ray.get(refs[0])
@@ -494,11 +504,8 @@ class _PairRun:
             else:
                 rects = [self.cores[j] for j in near]
                 chunks = [self.image[j] for j in near]
-
-            def submit(actor: ActorHandle, tile: Tile = tile, rects: list[Rect] = rects, chunks: list = chunks) -> list:
-                return actor.round_b.remote(level, tile, self.size, transform, rects, *chunks)
-
-            self._call(submit, lambda refs, i=i: self._on_round_b(i, refs))
+            head = (level, tile, self.size, transform, rects)
+            self._tile_call("round_b", head, chunks, lambda refs, i=i: self._on_round_b(i, refs))
 
     def _on_round_b(self, i: int, refs: list[ray.ObjectRef]) -> None:
         info: CallInfo = ray.get(refs[1])

@@ -557,6 +557,13 @@ def run(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- CLI
 
 
+def _absolute(uri: str | None) -> str | None:
+    """Local paths made absolute: Ray workers do not run in the driver's working directory."""
+    if uri is None or "://" in uri or Teacher(uri).is_vgg19:
+        return uri
+    return os.path.abspath(uri)
+
+
 def _levels(text: str) -> list[int]:
     try:
         levels = sorted({int(v) for v in text.split(",") if v.strip()})
@@ -639,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.image_size % 16:
         parser.error(f"--image-size must be a multiple of 16, got {args.image_size}")
     args.run_id = args.run_id or f"distill-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    for name in ("teacher", "data", "storage", "eval_data", "publish"):
+        setattr(args, name, _absolute(getattr(args, name)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     try:
         setup = prepare(args)

@@ -94,6 +94,27 @@ def test_parser_defaults_and_errors(weights_dir, content_dir, capsys):
     assert "at most as wide" in capsys.readouterr().err
 
 
+def test_nightly_manifests_run_the_cli_with_the_configmap_settings():
+    import shlex
+    import string
+
+    import yaml
+
+    infra = Path(__file__).resolve().parents[2] / "infra"
+    settings = next(
+        d for d in yaml.safe_load_all((infra / "distill-cronjob.yaml").read_text()) if d["kind"] == "ConfigMap"
+    )
+    rayjob = yaml.safe_load((infra / "distill-rayjob.yaml").read_text())
+    entrypoint = rayjob["spec"]["entrypoint"].replace("$(date -u +%Y%m%d)", "20260101")
+    argv = shlex.split(string.Template(entrypoint).substitute(settings["data"]))
+    assert argv[:3] == ["python", "-m", "jobs.distill"]
+    args = build_parser().parse_args(argv[3:])
+    assert args.data == settings["data"]["DISTILL_DATA"] and args.storage == settings["data"]["DISTILL_STORAGE"]
+    assert args.gpu and args.levels == [1, 2, 3, 4, 5] and args.run_id == "nightly-20260101"
+    workers = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert args.workers == workers["replicas"]
+
+
 def test_latest_moves_only_to_a_bundle_no_worse(weights_dir, content_dir, tmp_path):
     weights = resolve_weights(str(weights_dir))
     levels = (1, 2)

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "FILE_MODE",
     "IMAGE_EXTENSIONS",
     "ImageError",
     "LoadedImage",
@@ -40,6 +41,16 @@ Image.MAX_IMAGE_PIXELS = None
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
 # Extensions taken as images when listing a prefix or telling a file from a prefix.
 IMAGE_EXTENSIONS = frozenset(_FORMATS) | {".bmp", ".gif"}
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# Mode of written outputs: what open() would give under the process umask.
+FILE_MODE = _umask_mode()
 
 
 class ImageError(ValueError):
@@ -227,6 +238,7 @@ def write_bytes(uri: str, data: bytes, storage_options: dict[str, Any] | None = 
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; outputs get the usual umask mode
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -17,7 +17,7 @@ import numpy as np
 from fsspec.core import url_to_fs
 
 from pipeline.canvas import Canvas, MemoryCanvas
-from pipeline.imageio import encode_image, output_format, write_bytes
+from pipeline.imageio import FILE_MODE, encode_image, output_format, write_bytes
 from pipeline.tiles import Rect
 
 __all__ = ["TIFF_TILE", "canvas_to_uint8", "write_canvas"]
@@ -81,6 +81,7 @@ def _write_tiff(
                 extratags=extratags,
             )
         if local:
+            os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
         else:
             fs.put_file(tmp, path)

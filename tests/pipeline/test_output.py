@@ -45,3 +45,14 @@ def test_png_keeps_alpha_and_jpeg_drops_it(tmp_path, canvas):
     np.testing.assert_array_equal(np.asarray(png)[..., :3], _expected(canvas, 320, 560))
     write_canvas(str(tmp_path / "a.jpg"), canvas, 320, 560, alpha=alpha, quality=90)
     assert Image.open(io.BytesIO((tmp_path / "a.jpg").read_bytes())).mode == "RGB"
+
+
+def test_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path, canvas):
+    import os
+    import stat
+
+    from pipeline.imageio import FILE_MODE
+
+    for name in ("a.png", "a.tif"):
+        write_canvas(str(tmp_path / name), canvas, 32, 32)
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == FILE_MODE != 0o600

@@ -151,15 +151,27 @@ def stylize_file(
             image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
         )
         start = time.perf_counter()
-        write_canvas(
-            output_uri,
-            canvas,
-            image.height,
-            image.width,
-            alpha=image.alpha,
-            icc_profile=image.icc_profile,
-            quality=quality,
-            storage_options=storage_options,
-        )
+        write_result(output_uri, canvas, image, quality=quality, storage_options=storage_options)
     report.seconds = {"read": read_s, **report.seconds, "write": time.perf_counter() - start}
     return report
+
+
+def write_result(
+    output_uri: str,
+    canvas: Canvas,
+    image: LoadedImage | StreamedImage,
+    *,
+    quality: int = 95,
+    storage_options: dict[str, Any] | None = None,
+) -> None:
+    """Write the stylized ``canvas`` of ``image`` with the input's alpha and ICC profile."""
+    write_canvas(
+        output_uri,
+        canvas,
+        image.height,
+        image.width,
+        alpha=image.alpha,
+        icc_profile=image.icc_profile,
+        quality=quality,
+        storage_options=storage_options,
+    )

@@ -26,7 +26,16 @@ import torch
 
 from pipeline.canvas import MemoryCanvas
 from pipeline.chunks import ChunkCanvas, intersection
-from pipeline.engine import Mode, RunReport, StyleStats, load_style, read_content, stylize_file, stylize_image
+from pipeline.engine import (
+    Mode,
+    RunReport,
+    StyleStats,
+    load_style,
+    read_content,
+    stylize_file,
+    stylize_image,
+    write_result,
+)
 from pipeline.imageio import LoadedImage
 from pipeline.models import load_model_set
 from pipeline.output import write_canvas
@@ -245,16 +254,7 @@ class ModelActor:
         image = dataclasses.replace(image, rgb=np.array(image.rgb))  # writable: see round_b
         canvas, report = stylize_image(image, style, self.models, mode=mode, tile=tile, alpha=alpha)
         middle = time.perf_counter()
-        write_canvas(
-            output_uri,
-            canvas,
-            image.height,
-            image.width,
-            alpha=image.alpha,
-            icc_profile=image.icc_profile,
-            quality=quality,
-            storage_options=self.storage_options,
-        )
+        write_result(output_uri, canvas, image, quality=quality, storage_options=self.storage_options)
         report.seconds["write"] = time.perf_counter() - middle
         return CallInfo(self.worker, time.perf_counter() - start, report=report)
 

@@ -185,6 +185,23 @@ def tile_round_b(
     return y[0].cpu().numpy()
 
 
+def _decode_level(
+    image: Canvas,
+    features: Canvas | None,
+    tiles: list[Tile],
+    encoder: torch.nn.Module,
+    decoder: torch.nn.Module,
+    geo: LevelGeometry,
+    transform: ColorTransform,
+    workdir: str | None,
+) -> Canvas:
+    """Round B over every tile, into a new canvas: the next level's input."""
+    out = open_canvas(3, image.height, image.width, workdir=workdir, name=f"level{geo.level}")
+    for t in tiles:
+        out.write(t.core, tile_round_b(image, features, t, encoder, decoder, geo, transform))
+    return out
+
+
 def stylize_exact(
     canvas: Canvas,
     style_stats: dict[int, FeatureStats],
@@ -233,9 +250,7 @@ def stylize_exact(
             if features is not None:
                 features.write(t.core.scaled(geo.scale), core_features)
         transform = whitening_coloring(merge_stats(stats), style_stats[level], alpha=alpha)
-        out = open_canvas(3, canvas.height, canvas.width, workdir=workdir, name=f"level{level}")
-        for t in tiles:
-            out.write(t.core, tile_round_b(image, features, t, encoder, models.decoders[level], geo, transform))
+        out = _decode_level(image, features, tiles, encoder, models.decoders[level], geo, transform, workdir)
         if features is not None:
             features.close()
         if image is not canvas:
@@ -292,9 +307,7 @@ def stylize_thumbnail(
         transform = whitening_coloring(feature_stats(encode(encoder, small)), style_stats[level], alpha=alpha)
         small = decode_transformed(decoder, encode(encoder, small), transform)
         geo = level_geometry(level, encoder.out_channels)
-        out = open_canvas(3, canvas.height, canvas.width, workdir=workdir, name=f"level{level}")
-        for t in tiles:
-            out.write(t.core, tile_round_b(image, None, t, encoder, decoder, geo, transform))
+        out = _decode_level(image, None, tiles, encoder, decoder, geo, transform, workdir)
         if image is not canvas:
             image.close()
         image = out

@@ -6,11 +6,14 @@
 1. ``teacher decoder``: only for a teacher that comes without one (torchvision's VGG-19);
 2. ``student encoder``: pruned from the teacher (:mod:`models.pruning`), trained with the
    embed and collaboration losses (:class:`models.losses.DistillationObjective`);
-3. ``student decoder``: pruned from the teacher decoder, trained with pixel + perceptual loss,
+3. ``student decoder``: the teacher decoder behind the student's Q, pruned
+   (:func:`models.pruning.prune_decoder`), trained with pixel + perceptual loss
+   (:class:`models.losses.DecoderObjective`),
 
 as one :class:`ray.train.torch.TorchTrainer` run with DDP over ``--workers``, crops from
 ``--data`` through Ray Data, and a checkpoint every ``--checkpoint-every`` steps in
-``<storage>/<run id>/``. A worker that dies costs the steps since the last checkpoint
+``<storage>/<run id>/``; each stage's objective is also measured on a fixed batch of held-out
+crops before and after it. A worker that dies costs the steps since the last checkpoint
 (``FailureConfig``); running the job again with the same ``--run-id`` resumes a run whose
 driver died. At the end the driver measures held-out reconstruction PSNR per level for the
 student and the teacher, writes ``losses.png``, ``reconstructions.png`` and ``summary.json``
@@ -375,9 +378,7 @@ def _stage_summary(state: TrainState, stages: list[Stage], window: int = 10) -> 
     the terms on the held-out batch before and after the stage."""
     summary = {}
     for stage in stages:
-        rows = np.asarray(state.history.get(stage.key, []), dtype=np.float64)
-        if rows.size == 0:
-            continue
+        rows = np.asarray(state.history[stage.key], dtype=np.float64)
         names = state.terms[stage.key]
         summary[stage.key] = {
             "title": stage.title,

@@ -74,8 +74,8 @@ def list_images(uri: str, storage_options: dict[str, Any] | None = None) -> list
 def split_holdout(uris: Sequence[str], *, every: int) -> tuple[list[str], list[str]]:
     """Split image URIs into (training, held-out), holding out one in ``every``.
 
-    The held-out images are those whose file name has the smallest sha256, so the split does
-    not depend on listing order and stays put while files are added elsewhere in the prefix.
+    The held-out images are those whose file name has the smallest sha256, so the split
+    depends on the file names alone, not on the listing order or the prefix they live under.
 
     Raises:
         ValueError: fewer than two images, or ``every`` < 2.
@@ -95,7 +95,7 @@ def decode_for_crops(data: bytes, *, side: int) -> np.ndarray:
     Runs once per training image per epoch, so it asks JPEG for a reduced decode (Pillow's
     ``draft``) before resizing: crops of a 4K photo at 128 px would show texture rather than
     scenes, and a full decode would cost more than the training step. EXIF orientation is
-    applied and every mode (grey, palette, CMYK, 16-bit) becomes RGB.
+    applied and grey, palette and CMYK images become RGB.
 
     Returns:
         ``(H, W, 3)`` uint8 with ``min(H, W) == side``.

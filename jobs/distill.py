@@ -335,6 +335,8 @@ def _training_dataset(uris: list[str], args: argparse.Namespace) -> ray.data.Dat
         path, arrow_fs = _arrow_fs(uri, args.storage_options)
         paths.append(path)
     ds = ray.data.read_binary_files(paths, filesystem=arrow_fs)
+    ds.context.print_on_execution_start = False  # this dataset's own context: no lines every epoch
+    ds.context.enable_progress_bars = False
     ds = ds.map(partial(_decode_row, side=2 * args.image_size))
     return ds.flat_map(partial(_crop_row, size=args.image_size, count=args.crops_per_image))
 
@@ -460,9 +462,6 @@ def run(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     )
     if not ray.is_initialized():
         ray.init()
-    data_context = ray.data.DataContext.get_current()
-    data_context.print_on_execution_start = False  # one line per epoch otherwise
-    data_context.enable_progress_bars = False
     config = {
         "teacher": args.teacher,
         "storage_options": opts,

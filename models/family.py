@@ -15,16 +15,16 @@ import torch
 from torch import nn
 
 __all__ = [
-    "VGG19_WIDTHS",
-    "VGG19_CONVS",
-    "FamilySpec",
-    "Encoder",
-    "Decoder",
-    "encoder_plan",
-    "decoder_plan",
-    "LEVELS",
     "CD16X",
+    "LEVELS",
     "VGG19",
+    "VGG19_CONVS",
+    "VGG19_WIDTHS",
+    "Decoder",
+    "Encoder",
+    "FamilySpec",
+    "decoder_plan",
+    "encoder_plan",
 ]
 
 LEVELS = (1, 2, 3, 4, 5)

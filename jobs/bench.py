@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": f"{width}x{height}",
         "megapixels": round(width * height / 1e6, 2),
         "mode": report.mode,
-        "tile": args.tile if report.mode == "exact" else None,
+        "tile": None if report.mode == "whole" else args.tile,
         "tiles": report.tiles,
         "threads": torch.get_num_threads(),
         "seconds": round(wall, 2),

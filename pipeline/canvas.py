@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.tiles import Rect
 
-__all__ = ["Canvas", "DiskCanvas", "MemoryCanvas", "open_canvas"]
+__all__ = ["Canvas", "DiskCanvas", "MemoryCanvas", "open_canvas", "reflect_pad_canvas"]
 
 
 class Canvas(Protocol):
@@ -95,3 +95,14 @@ def open_canvas(channels: int, height: int, width: int, *, workdir: str | None, 
     if workdir is None:
         return MemoryCanvas(np.zeros((channels, height, width), np.float32))
     return DiskCanvas(os.path.join(workdir, f"{name}.f32"), channels, height, width)
+
+
+def reflect_pad_canvas(canvas: Canvas, height: int, width: int) -> None:
+    """Fill the canvas beyond ``height`` x ``width`` by reflection (numpy/torch ``reflect``)."""
+    ch, cw = canvas.height, canvas.width
+    if ch > height:
+        band = canvas.read(Rect(2 * height - 1 - ch, 0, height - 1, width))
+        canvas.write(Rect(height, 0, ch, width), band[:, ::-1])
+    if cw > width:
+        band = canvas.read(Rect(0, 2 * width - 1 - cw, ch, width - 1))
+        canvas.write(Rect(0, width, ch, cw), band[:, :, ::-1])

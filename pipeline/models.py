@@ -32,7 +32,7 @@ class ModelSet:
 def load_model_set(
     weights: str | WeightSet | None = None,
     *,
-    levels: tuple[int, ...] = CASCADE,
+    levels: tuple[int, ...] | None = None,
     device: str | torch.device = "cpu",
     storage_options: dict[str, Any] | None = None,
 ) -> ModelSet:
@@ -41,11 +41,13 @@ def load_model_set(
     Args:
         weights: a ``--weights`` URI, a resolved :class:`~models.WeightSet`, or ``None`` for
             ``$ULTRASTYLE_WEIGHTS`` or the official download.
-        levels: which levels to load; must all be in the weight set.
+        levels: which levels to load (default: every level the weight set has, so a bundle
+            distilled for some levels stylizes with those); must all be in the weight set.
         device: where the modules live.
         storage_options: passed to the weights' filesystem.
     """
     wset = weights if isinstance(weights, WeightSet) else resolve_weights(weights, storage_options)
+    levels = tuple(k for k in CASCADE if k in (levels or wset.levels))
     device = torch.device(device)
     encoders = {k: small_encoder(k, weights=wset, storage_options=storage_options) for k in levels}
     decoders = {k: small_decoder(k, weights=wset, storage_options=storage_options) for k in levels}

@@ -14,12 +14,12 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from pipeline.canvas import Canvas, open_canvas
+from pipeline.canvas import Canvas, open_canvas, reflect_pad_canvas
 from pipeline.cascade import MIN_SIDE
 from pipeline.imageio import DEFAULT_MAX_PIXELS, ImageError, check_pixels
 from pipeline.tiles import Rect, canvas_size
 
-__all__ = ["StreamedImage", "is_tiff", "read_tiff_canvas", "reflect_pad_canvas"]
+__all__ = ["StreamedImage", "is_tiff", "read_tiff_canvas"]
 
 
 @dataclass
@@ -43,17 +43,6 @@ class StreamedImage:
 
 def is_tiff(uri: str) -> bool:
     return uri.lower().endswith((".tif", ".tiff"))
-
-
-def reflect_pad_canvas(canvas: Canvas, height: int, width: int) -> None:
-    """Fill the canvas beyond ``height`` x ``width`` by reflection (numpy/torch ``reflect``)."""
-    ch, cw = canvas.height, canvas.width
-    if ch > height:
-        band = canvas.read(Rect(2 * height - 1 - ch, 0, height - 1, width))
-        canvas.write(Rect(height, 0, ch, width), band[:, ::-1])
-    if cw > width:
-        band = canvas.read(Rect(0, 2 * width - 1 - cw, ch, width - 1))
-        canvas.write(Rect(0, width, ch, cw), band[:, :, ::-1])
 
 
 def _scale(dtype: np.dtype) -> float:

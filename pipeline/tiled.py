@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from models import decoder_halo, encoder_halo, level_halo
-from pipeline.canvas import Canvas, open_canvas
+from pipeline.canvas import Canvas, open_canvas, reflect_pad_canvas
 from pipeline.cascade import MIN_SIDE, decode_transformed, encode, pad_to_multiple
 from pipeline.models import ModelSet
 from pipeline.stats import FeatureStats, feature_stats, merge_stats
@@ -124,18 +124,18 @@ def decode_core(
 def canvas_from_array(rgb: np.ndarray, *, workdir: str | None, band: int = 256) -> Canvas:
     """Put an ``(H, W, 3)`` image (uint8, or float in [0, 1]) on a reflect-padded canvas.
 
-    Rows are converted to float32 a band at a time, so the float copy never exists whole.
+    Rows are converted to float32 a band at a time and the padding is filled on the canvas,
+    so neither a float nor a padded copy of the image ever exists whole.
     """
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise ValueError(f"content image is {w}x{h}; the smallest side handled is {MIN_SIDE} px")
-    ch, cw = canvas_size(h, w)
-    padded = np.pad(rgb, ((0, ch - h), (0, cw - w), (0, 0)), mode="reflect")
     scale = 255.0 if rgb.dtype == np.uint8 else 1.0
-    canvas = open_canvas(3, ch, cw, workdir=workdir, name="input")
-    for y in range(0, ch, band):
-        rows = padded[y : y + band].astype(np.float32) / scale
-        canvas.write(Rect(y, 0, y + rows.shape[0], cw), rows.transpose(2, 0, 1))
+    canvas = open_canvas(3, *canvas_size(h, w), workdir=workdir, name="input")
+    for y in range(0, h, band):
+        rows = rgb[y : y + band].astype(np.float32) / scale
+        canvas.write(Rect(y, 0, y + rows.shape[0], w), rows.transpose(2, 0, 1))
+    reflect_pad_canvas(canvas, h, w)
     return canvas
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,38 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray cluster of 2 CPUs for one test module (``address="local"``: never
+    another session's or test's head)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_options():
+    """moto's S3-compatible HTTP server on loopback; yields the fsspec storage options for it."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": f"http://{host}:{port}"}}
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_fs(s3_options):
+    """An s3fs filesystem on the moto server, bypassing fsspec's instance cache."""
+    import s3fs
+
+    return s3fs.S3FileSystem(skip_instance_cache=True, **s3_options)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ S3 server on loopback; a worker killed mid-run; the published bundle stylizing a
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import threading
@@ -30,31 +29,6 @@ FAST = [
     "--width", "0.125", "--image-size", "64", "--batch-size", "4", "--crops-per-image", "4",
     "--workers", "2", "--cpus-per-worker", "0.5", "--eval-size", "96", "--log-every", "5", "--warmup-steps", "4",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def s3_options():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": f"http://{host}:{port}"}}
-    server.stop()
-
-
-def _s3(options):
-    import s3fs
-
-    return s3fs.S3FileSystem(skip_instance_cache=True, **options)
 
 
 def _summary(fs, run_uri: str) -> dict:
@@ -215,8 +189,10 @@ def _kill_a_worker_after_first_checkpoint(fs, run_path: str, killed: list[int], 
             continue
 
 
-def test_s3_checkpoints_and_a_killed_worker_resumes(ray_cluster, s3_options, weights_dir, content_dir, style_dir):
-    fs = _s3(s3_options)
+def test_s3_checkpoints_and_a_killed_worker_resumes(
+    ray_cluster, s3_options, s3_fs, weights_dir, content_dir, style_dir
+):
+    fs = s3_fs
     fs.mkdir("distill")
     for name in ("portrait_420.jpg", "golden_gate_512.jpg"):
         fs.put(str(content_dir / name), f"distill/images/{name}")

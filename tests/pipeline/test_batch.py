@@ -29,35 +29,6 @@ STYLE_SIZE = 128
 MAX_PIXELS = 100_000
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def s3_options():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
-    }
-    server.stop()
-
-
-def _s3(options):
-    import s3fs
-
-    return s3fs.S3FileSystem(skip_instance_cache=True, **options)
-
-
 def _encode(img: Image.Image, fmt: str, **params) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **params)
@@ -82,9 +53,9 @@ def _args(input_uri: str, output_uri: str, styles: list[str], weights_dir: Path,
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_options, content_dir, style_dir):
+def bucket(s3_options, s3_fs, content_dir, style_dir):
     """``s3://photos/in/`` with good images of three formats and sizes, and bad inputs of each kind."""
-    fs = _s3(s3_options)
+    fs = s3_fs
     fs.mkdir("photos")
     fs.mkdir("styles")
     gate = Image.open(content_dir / "golden_gate_512.jpg").convert("RGB")
@@ -116,14 +87,16 @@ def _reference(uri: str, style_uri: str, tmp_path: Path, model_set, options) -> 
     return _decode(out.read_bytes())
 
 
-def test_batch_on_s3_end_to_end_and_resume(ray_cluster, s3_options, bucket, weights_dir, model_set, tmp_path, caplog):
+def test_batch_on_s3_end_to_end_and_resume(
+    ray_cluster, s3_options, s3_fs, bucket, weights_dir, model_set, tmp_path, caplog
+):
     caplog.set_level(logging.INFO, logger="ultrastyle")
     opts = ["--storage-options", json.dumps(s3_options), "--max-pixels", str(MAX_PIXELS)]
     argv = _args(bucket["input"], "s3://photos/out", bucket["styles"], weights_dir, *opts)
 
     assert main(argv) == 1  # some pairs failed, the others finished
 
-    fs = _s3(s3_options)
+    fs = s3_fs
     table = read_manifest("s3://photos/out", s3_options)
     assert table.schema.equals(SCHEMA)
     rows = {(Path(r["content_uri"]).name, Path(r["style_uri"]).name): r for r in table.to_pylist()}
@@ -273,7 +246,7 @@ def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, conten
 )
 def test_bad_flags_are_refused_before_anything_runs(flag, value, message, tmp_path, weights_dir, capsys):
     (tmp_path / "in").mkdir()
-    argv = _args(str(tmp_path / "in"), str(tmp_path / "out"), ["s.jpg"], weights_dir) + [flag, value]
+    argv = [*_args(str(tmp_path / "in"), str(tmp_path / "out"), ["s.jpg"], weights_dir), flag, value]
     assert main(argv) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

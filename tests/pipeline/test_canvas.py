@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.canvas import DiskCanvas, MemoryCanvas
-from pipeline.tiles import Rect
+from pipeline.canvas import DiskCanvas, MemoryCanvas, reflect_pad_canvas
+from pipeline.tiles import Rect, canvas_size
 
 
 def _canvases(tmp_path, c, h, w):
@@ -29,3 +31,16 @@ def test_disk_canvas_removes_its_file(tmp_path):
     assert (tmp_path / "x.f32").stat().st_size == 3 * 16 * 16 * 4
     canvas.close()
     assert not (tmp_path / "x.f32").exists()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(17, 80), st.integers(17, 80))
+def test_reflect_pad_canvas_matches_numpy_reflect(height, width):
+    rng = np.random.default_rng(height * 100 + width)
+    image = rng.random((height, width, 2), np.float32)
+    ch, cw = canvas_size(height, width)
+    canvas = MemoryCanvas(np.zeros((2, ch, cw), np.float32))
+    canvas.write(Rect(0, 0, height, width), image.transpose(2, 0, 1))
+    reflect_pad_canvas(canvas, height, width)
+    padded = np.pad(image, ((0, ch - height), (0, cw - width), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(canvas.array, padded.transpose(2, 0, 1))

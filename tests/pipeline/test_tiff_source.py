@@ -1,12 +1,9 @@
 import numpy as np
 import pytest
 import tifffile
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from pipeline.canvas import MemoryCanvas
 from pipeline.imageio import ImageError
-from pipeline.tiff_source import read_tiff_canvas, reflect_pad_canvas
+from pipeline.tiff_source import read_tiff_canvas
 from pipeline.tiles import Rect, canvas_size
 
 
@@ -14,18 +11,6 @@ def _padded(values: np.ndarray) -> np.ndarray:
     h, w = values.shape[:2]
     ch, cw = canvas_size(h, w)
     return np.pad(values, ((0, ch - h), (0, cw - w), (0, 0)), mode="reflect")
-
-
-@settings(max_examples=25, deadline=None)
-@given(st.integers(17, 80), st.integers(17, 80))
-def test_reflect_pad_canvas_matches_numpy_reflect(height, width):
-    rng = np.random.default_rng(height * 100 + width)
-    image = rng.random((height, width, 2), np.float32)
-    ch, cw = canvas_size(height, width)
-    canvas = MemoryCanvas(np.zeros((2, ch, cw), np.float32))
-    canvas.write(Rect(0, 0, height, width), image.transpose(2, 0, 1))
-    reflect_pad_canvas(canvas, height, width)
-    np.testing.assert_array_equal(canvas.array, _padded(image).transpose(2, 0, 1))
 
 
 @pytest.mark.parametrize(

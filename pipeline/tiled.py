@@ -304,8 +304,9 @@ def stylize_thumbnail(
     for level in models.levels:
         start = time.perf_counter()
         encoder, decoder = models.encoders[level], models.decoders[level]
-        transform = whitening_coloring(feature_stats(encode(encoder, small)), style_stats[level], alpha=alpha)
-        small = decode_transformed(decoder, encode(encoder, small), transform)
+        small_features = encode(encoder, small)
+        transform = whitening_coloring(feature_stats(small_features), style_stats[level], alpha=alpha)
+        small = decode_transformed(decoder, small_features, transform)
         geo = level_geometry(level, encoder.out_channels)
         out = _decode_level(image, None, tiles, encoder, decoder, geo, transform, workdir)
         if image is not canvas:

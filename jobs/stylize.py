@@ -19,12 +19,12 @@ from pathlib import PurePosixPath
 
 from fsspec.core import url_to_fs
 
-from models import WeightsError
 from pipeline.engine import MODES, load_style, stylize_file
 from pipeline.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError
 from pipeline.models import load_model_set
+from pipeline.tiles import TILE_ALIGN
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "check_args", "main"]
 
 log = logging.getLogger("ultrastyle")
 
@@ -68,6 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad flags before loading models, listing inputs or starting Ray (each error names its flag)."""
+    if not args.output:
+        raise ValueError("--output is required (an image file, or an output prefix for a batch)")
+    if args.style_size is not None and args.style_size < 1:
+        raise ValueError(f"--style-size must be at least 1, got {args.style_size}")
+    if not 1 <= args.quality <= 100:
+        raise ValueError(f"--quality must be in [1, 100], got {args.quality}")
+    if args.tile <= 0 or args.tile % TILE_ALIGN:
+        raise ValueError(f"--tile must be a positive multiple of {TILE_ALIGN}, got {args.tile}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+    for name in ("max_in_flight", "calls_per_worker", "max_pixels"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.cpus_per_worker <= 0 or args.progress_seconds <= 0:
+        raise ValueError("--cpus-per-worker and --progress-seconds must be positive, got "
+                         f"{args.cpus_per_worker} and {args.progress_seconds}")
+    if args.io_cpus < 0 or args.retries < 0 or (args.gpus_per_worker or 0) < 0:
+        raise ValueError("--io-cpus, --retries and --gpus-per-worker cannot be negative, got "
+                         f"{args.io_cpus}, {args.retries} and {args.gpus_per_worker}")
+
+
 def _is_single(uri: str, storage_options: dict | None) -> bool:
     """A file, or a name with an image extension that is not a folder (so a typo says 'no such file')."""
     fs, path = url_to_fs(uri, **(storage_options or {}))
@@ -77,8 +102,8 @@ def _is_single(uri: str, storage_options: dict | None) -> bool:
 
 
 def _run_single(args: argparse.Namespace, content: str) -> int:
-    if not args.output:
-        raise ValueError("--output is required for a single image")
+    if len(args.style) > 1:
+        raise ValueError("a single image takes one --style; give an input folder or prefix for several styles")
     start = time.perf_counter()
     models = load_model_set(args.weights, storage_options=args.storage_options)
     style = load_style(args.style[0], models, style_size=args.style_size, storage_options=args.storage_options,
@@ -127,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
             log.info("no --input: stylizing the sample images in %s into %s", SAMPLES_DIR, args.output)
         if not args.style:
             raise ValueError("--style is required")
+        check_args(args)
         if _is_single(content, args.storage_options):
             return _run_single(args, content)
         return _run_batch(args, content)
-    except (ImageError, WeightsError, ValueError, FileNotFoundError, OSError) as e:
-        print(f"ultrastyle stylize: error: {e}", file=sys.stderr)
+    except (ImageError, ValueError, OSError, RuntimeError) as e:  # WeightsError is a RuntimeError
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, however the library wrapped it
+        print(f"ultrastyle stylize: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -63,7 +63,7 @@ from pipeline.models import CASCADE
 from pipeline.ray_actors import CallInfo, ImageHeader, ModelActor, WorkerInfo, cut_image, write_chunks
 from pipeline.stats import FeatureStats, merge_stats
 from pipeline.tiled import LevelGeometry, level_geometry
-from pipeline.tiles import TILE_ALIGN, Rect, Tile, canvas_size, plan_tiles
+from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
 from pipeline.wct import whitening_coloring
 
 __all__ = ["BatchSettings", "run_batch"]
@@ -141,27 +141,6 @@ def _settings(args: argparse.Namespace) -> BatchSettings:
         retries=args.retries,
         progress_seconds=args.progress_seconds,
     )
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    """Refuse bad flags before listing anything or starting Ray (each error names its flag)."""
-    if not args.output:
-        raise ValueError("--output is required for a batch (an output prefix)")
-    if args.tile <= 0 or args.tile % TILE_ALIGN:
-        raise ValueError(f"--tile must be a positive multiple of {TILE_ALIGN}, got {args.tile}")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
-    for name in ("max_in_flight", "calls_per_worker", "max_pixels"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    if args.cpus_per_worker <= 0 or args.progress_seconds <= 0:
-        raise ValueError("--cpus-per-worker and --progress-seconds must be positive, got "
-                         f"{args.cpus_per_worker} and {args.progress_seconds}")
-    if args.io_cpus < 0 or args.retries < 0 or (args.gpus_per_worker or 0) < 0:
-        raise ValueError("--io-cpus, --retries and --gpus-per-worker cannot be negative, got "
-                         f"{args.io_cpus}, {args.retries} and {args.gpus_per_worker}")
 
 
 class _Events:
@@ -766,7 +745,6 @@ def run_batch(args: argparse.Namespace, content_uri: str) -> int:
             unreachable endpoint), with a one-line message.
     """
     start = time.perf_counter()
-    _check_args(args)
     contents = list_inputs(content_uri, args.storage_options, exclude_uri=args.output)
     pairs = plan_pairs(contents, args.style, input_uri=content_uri, output_uri=args.output, fmt=args.format)
     todo, decided = _pairs_to_run(pairs, args)

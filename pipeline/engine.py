@@ -105,7 +105,8 @@ def stylize_image(
         canvas: Canvas = MemoryCanvas(out[0].numpy())
         tiles = 1
     else:
-        source = canvas_from_array(image.rgb, workdir=workdir) if isinstance(image, LoadedImage) else image.canvas
+        owned = isinstance(image, LoadedImage)
+        source = canvas_from_array(image.rgb, workdir=workdir) if owned else image.canvas
         if chosen == "exact":
             canvas = stylize_exact(
                 source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
@@ -114,6 +115,8 @@ def stylize_image(
             canvas = stylize_thumbnail(
                 source, h, w, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
             )
+        if owned:
+            source.close()
         tiles = len(plan_tiles(h, w, tile=tile))
     report = RunReport(w, h, chosen, tiles, {"stylize": time.perf_counter() - start})
     return canvas, report
@@ -147,11 +150,16 @@ def stylize_file(
         start = time.perf_counter()
         image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
         read_s = time.perf_counter() - start
-        canvas, report = stylize_image(
-            image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
-        )
-        start = time.perf_counter()
-        write_result(output_uri, canvas, image, quality=quality, storage_options=storage_options)
+        try:
+            canvas, report = stylize_image(
+                image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
+            )
+            start = time.perf_counter()
+            write_result(output_uri, canvas, image, quality=quality, storage_options=storage_options)
+            canvas.close()
+        finally:
+            if isinstance(image, StreamedImage):
+                image.close()
     report.seconds = {"read": read_s, **report.seconds, "write": time.perf_counter() - start}
     return report
 

@@ -31,7 +31,6 @@ __all__ = [
     "output_format",
     "read_image",
     "write_bytes",
-    "write_image",
 ]
 
 DEFAULT_MAX_PIXELS = 1_000_000_000
@@ -245,17 +244,3 @@ def write_bytes(uri: str, data: bytes, storage_options: dict[str, Any] | None = 
                 os.unlink(tmp)
         return
     fs.pipe_file(path, data)
-
-
-def write_image(
-    uri: str,
-    rgb: np.ndarray,
-    *,
-    alpha: np.ndarray | None = None,
-    icc_profile: bytes | None = None,
-    quality: int = 95,
-    storage_options: dict[str, Any] | None = None,
-) -> None:
-    """Encode by the extension of ``uri`` and write atomically (see :func:`write_bytes`)."""
-    data = encode_image(rgb, output_format(uri), alpha=alpha, icc_profile=icc_profile, quality=quality)
-    write_bytes(uri, data, storage_options)

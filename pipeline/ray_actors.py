@@ -138,7 +138,8 @@ def cut_image(
         one_call = len(cores) == 1
         if one_call and isinstance(image, StreamedImage):
             alpha = None if image.alpha is None else image.alpha.read(bounds)[0]
-            image = LoadedImage(read_rgb(image.canvas, h, w), alpha, image.icc_profile, image.format)
+            streamed, image = image, LoadedImage(read_rgb(image.canvas, h, w), alpha, image.icc_profile, image.format)
+            streamed.close()
         seconds = time.perf_counter() - start
         yield ImageHeader(w, h, one_call, len(cores), image.alpha is not None, image.icc_profile, seconds)
         if one_call:
@@ -150,10 +151,15 @@ def cut_image(
         else:
             canvas, alpha = image.canvas, image.alpha
         del image
-        for core in cores:
-            yield canvas.read(core)
+        try:
+            for core in cores:
+                yield canvas.read(core)
+                if alpha is not None:
+                    yield alpha.read(intersection(core, bounds))
+        finally:
+            canvas.close()
             if alpha is not None:
-                yield alpha.read(intersection(core, bounds))
+                alpha.close()
 
 
 @ray.remote

@@ -40,6 +40,12 @@ class StreamedImage:
     icc_profile: bytes | None = None
     format: str = "TIFF"
 
+    def close(self) -> None:
+        """Release the canvases (their files, for disk canvases)."""
+        self.canvas.close()
+        if self.alpha is not None:
+            self.alpha.close()
+
 
 def is_tiff(uri: str) -> bool:
     return uri.lower().endswith((".tif", ".tiff"))
@@ -69,6 +75,7 @@ def read_tiff_canvas(
     """
     import tifffile
 
+    canvas = alpha = None
     try:
         with fsspec.open(uri, "rb", **(storage_options or {})) as f, tifffile.TiffFile(f) as tif:
             page = tif.pages[0]
@@ -94,11 +101,14 @@ def read_tiff_canvas(
                 canvas.write(rect, colour)
                 if alpha is not None:
                     alpha.write(rect, values[-1:])
-    except ImageError:
-        raise
-    except FileNotFoundError as e:
-        raise ImageError(f"no such file: {uri}") from e
     except Exception as e:
+        for opened in (canvas, alpha):
+            if opened is not None:
+                opened.close()
+        if isinstance(e, ImageError):
+            raise
+        if isinstance(e, FileNotFoundError):
+            raise ImageError(f"no such file: {uri}") from e
         raise ImageError(f"{uri} is not a readable TIFF: {type(e).__name__}: {e}") from e
     reflect_pad_canvas(canvas, height, width)
     return StreamedImage(canvas, height, width, alpha, icc.value if icc is not None else None)

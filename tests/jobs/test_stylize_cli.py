@@ -101,3 +101,28 @@ def test_help_lists_the_flags():
     assert proc.returncode == 0
     for flag in ("--style", "--weights", "--alpha", "--style-size", "--mode", "--tile", "--max-pixels"):
         assert flag in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
+        (["--tile", "100"], "--tile must be a positive multiple of 16"),
+        (["--style-size", "0"], "--style-size must be at least 1"),
+        (["--quality", "0"], "--quality must be in [1, 100]"),
+    ],
+)
+def test_bad_flags_are_refused_before_loading_anything(content_dir, style_dir, tmp_path, capsys, flags, message):
+    # No --weights: a check that ran after loading would fail on the download instead.
+    rc = main([str(content_dir / "portrait_420.jpg"), "--style", str(style_dir / "brushwork_512.jpg"),
+               "--output", str(tmp_path / "o.png"), *flags])
+    assert rc == 1
+    assert message in _error_line(capsys)
+
+
+def test_a_single_image_takes_one_style(content_dir, style_dir, tmp_path, capsys):
+    style = str(style_dir / "brushwork_512.jpg")
+    rc = main([str(content_dir / "portrait_420.jpg"), "--style", style, "--style", style,
+               "--output", str(tmp_path / "o.png")])
+    assert rc == 1
+    assert "a single image takes one --style" in _error_line(capsys)

@@ -257,7 +257,8 @@ class ModelActor:
     ) -> CallInfo:
         """A small image in one call: the whole cascade, then the output written atomically."""
         start = time.perf_counter()
-        image = dataclasses.replace(image, rgb=np.array(image.rgb))  # writable: see round_b
+        # Object-store arrays are read-only, and torch wants writable memory to wrap.
+        image = dataclasses.replace(image, rgb=np.array(image.rgb))
         canvas, report = stylize_image(image, style, self.models, mode=mode, tile=tile, alpha=alpha)
         middle = time.perf_counter()
         write_result(output_uri, canvas, image, quality=quality, storage_options=self.storage_options)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from models.receptive import HALO_ALIGN
 from pipeline.models import ModelSet
 from pipeline.stats import FeatureStats, feature_stats
 from pipeline.wct import ColorTransform, apply_transform, whitening_coloring
@@ -28,7 +29,7 @@ __all__ = [
     "stylize_whole",
 ]
 
-PAD_MULTIPLE = 16
+PAD_MULTIPLE = HALO_ALIGN  # four 2x2 max-pools before relu5_1
 # Smallest side the level-5 encoder can pad by reflection after four max-pools (2 cells).
 MIN_SIDE = 32
 

@@ -17,7 +17,6 @@ The per-tile functions (:func:`encode_core`, :func:`decode_core`) are what the R
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 
 from models import decoder_halo, encoder_halo, level_halo
 from pipeline.canvas import Canvas, open_canvas, reflect_pad_canvas
-from pipeline.cascade import MIN_SIDE, decode_transformed, encode, pad_to_multiple
+from pipeline.cascade import MIN_SIDE, LevelCallback, decode_transformed, encode, pad_to_multiple
 from pipeline.models import ModelSet
 from pipeline.stats import FeatureStats, feature_stats, merge_stats
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
@@ -51,7 +50,6 @@ __all__ = [
 # than storing (level 1: 24 values per pixel for an encoder of one conv).
 FEATURE_CACHE_MAX = 4.0
 
-LevelCallback = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)

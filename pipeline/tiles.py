@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.receptive import HALO_ALIGN
+
 __all__ = ["TILE_ALIGN", "Rect", "Tile", "canvas_size", "plan_tiles"]
 
 # Cores and halos are multiples of this, so all four 2x2 max-pool grids of a tile coincide
-# with the whole image's.
-TILE_ALIGN = 16
+# with the whole image's (the halo arithmetic's own alignment).
+TILE_ALIGN = HALO_ALIGN
 
 
 @dataclass(frozen=True)

@@ -743,8 +743,8 @@ def run_batch(args: argparse.Namespace, content_uri: str) -> int:
             (:func:`~pipeline.preflight.check_batch`).
     """
     start = time.perf_counter()
-    checks = check_batch(args)
     contents = list_inputs(content_uri, args.storage_options, exclude_uri=args.output)
+    checks = check_batch(args)
     pairs = plan_pairs(contents, args.style, input_uri=content_uri, output_uri=args.output, fmt=args.format)
     todo, decided = _pairs_to_run(checks.stamp(pairs, args), args)
     run_id = new_run_id()

@@ -12,6 +12,9 @@ Nothing here knows about Ray: the cluster's nodes come in as plain resource dict
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import posixpath
 import secrets
 from collections.abc import Mapping, Sequence
@@ -19,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from models import WeightSet, resolve_weights
 from pipeline.fingerprint import code_version, pair_settings, style_digest, weights_digests
@@ -37,6 +41,8 @@ __all__ = [
     "check_weights",
     "default_workers",
 ]
+
+log = logging.getLogger("ultrastyle.preflight")
 
 # The probe's name starts with a dot, so listings of inputs and outputs never see it.
 _PROBE = ".ultrastyle-probe-"
@@ -74,12 +80,22 @@ def check_output(uri: str, storage_options: dict[str, Any] | None = None, *, fol
     """
     base = uri if folder else (posixpath.dirname(uri.rstrip("/")) or ".")
     probe = join_uri(base, _PROBE + secrets.token_hex(4))
+    fs, path = url_to_fs(probe, **(storage_options or {}))
+    created = []  # local folders the probe makes, deepest first: removed again, so a doomed run leaves none
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path)
+        while folder and not os.path.exists(folder):
+            created.append(folder)
+            folder = os.path.dirname(folder)
     try:
         write_bytes(probe, b"", storage_options)
-        fs, path = url_to_fs(probe, **(storage_options or {}))
         fs.rm_file(path)
     except Exception as e:
         raise OSError(f"output {uri} is not writable: {one_line_error(e)}") from e
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 def check_weights(uri: str | None, storage_options: dict[str, Any] | None = None) -> tuple[WeightSet, dict[str, str]]:
@@ -131,6 +147,7 @@ def check_styles(
             found[uri] = StyleCheck(uri, digest=style_digest(uri, storage_options))
         except Exception as e:
             found[uri] = StyleCheck(uri, error=one_line_error(e))
+            log.warning("style %s cannot be used, its pairs fail: %s", uri, found[uri].error)
     if all(check.error for check in found.values()):
         raise ImageError(f"style image failed: {next(iter(found.values())).error}")
     return found

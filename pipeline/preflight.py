@@ -245,14 +245,18 @@ def check_placement(
         )
 
 
+def _fits(node: Mapping[str, float], cpus: float, gpus: float) -> bool:
+    return node.get("CPU", 0.0) >= cpus - 1e-9 and node.get("GPU", 0.0) >= gpus - 1e-9
+
+
 def _fits_somewhere(free: list[dict[str, float]], cpus: float, gpus: float) -> bool:
-    return any(node.get("CPU", 0.0) >= cpus - 1e-9 and node.get("GPU", 0.0) >= gpus - 1e-9 for node in free)
+    return any(_fits(node, cpus, gpus) for node in free)
 
 
 def _place(free: list[dict[str, float]], cpus: float, gpus: float) -> bool:
     """Take ``cpus`` and ``gpus`` from the first node that has them; whether one did."""
     for node in free:
-        if node.get("CPU", 0.0) >= cpus - 1e-9 and node.get("GPU", 0.0) >= gpus - 1e-9:
+        if _fits(node, cpus, gpus):
             node["CPU"] = node.get("CPU", 0.0) - cpus
             node["GPU"] = node.get("GPU", 0.0) - gpus
             return True

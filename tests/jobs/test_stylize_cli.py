@@ -176,6 +176,12 @@ def test_a_rerun_redoes_exactly_the_pairs_whose_settings_changed(ray_cluster, sm
     first = _stamps(out)
     assert sorted(first) == ["face__s.png", "gate__s.jpg"]
     rows = _last_run(out)
+
+    # Another alpha: every output rewritten with new pixels, and each row says why.
+    assert main([*argv, "--alpha", "0.5"]) == 0
+    second = _stamps(out)
+    for name, (inode, mtime, data) in second.items():
+        assert inode != first[name][0] and mtime >= first[name][1] and data != first[name][2], name
     assert [r["reason"] for r in rows] == ["new", "new"]
     made_by = [r["fingerprint"] for r in rows]
     settings = json.loads(rows[0]["settings"])
@@ -183,12 +189,6 @@ def test_a_rerun_redoes_exactly_the_pairs_whose_settings_changed(ray_cluster, sm
                                                                                                    "cd16x")
     assert settings["style"].startswith("sha256:") and len(settings["weights"]) == 10
     assert [json.loads(r["settings"])["quality"] for r in rows] == [None, 95]  # quality counts for the JPEG only
-
-    # Another alpha: every output rewritten with new pixels, and each row says why.
-    assert main([*argv, "--alpha", "0.5"]) == 0
-    second = _stamps(out)
-    for name, (inode, mtime, data) in second.items():
-        assert inode != first[name][0] and mtime >= first[name][1] and data != first[name][2], name
     rows = _last_run(out)
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert [r["reason"] for r in rows] == ["settings changed: alpha 1.0 -> 0.5"] * 2

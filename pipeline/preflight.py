@@ -147,9 +147,11 @@ def check_styles(
             found[uri] = StyleCheck(uri, digest=style_digest(uri, storage_options))
         except Exception as e:
             found[uri] = StyleCheck(uri, error=one_line_error(e))
-            log.warning("style %s cannot be used, its pairs fail: %s", uri, found[uri].error)
     if all(check.error for check in found.values()):
         raise ImageError(f"style image failed: {next(iter(found.values())).error}")
+    for check in found.values():
+        if check.error:
+            log.warning("style %s cannot be used, its pairs fail: %s", check.uri, check.error)
     return found
 
 

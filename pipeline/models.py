@@ -9,7 +9,7 @@ import torch
 
 from models import Decoder, Encoder, WeightsError, WeightSet, resolve_weights, small_decoder, small_encoder
 
-__all__ = ["CASCADE", "ModelSet", "load_model_set"]
+__all__ = ["CASCADE", "ModelSet", "check_cascade_levels", "load_model_set"]
 
 # Levels in the order the cascade applies them (coarse style first, as in WCT).
 CASCADE = (5, 4, 3, 2, 1)
@@ -27,6 +27,20 @@ class ModelSet:
     @property
     def levels(self) -> tuple[int, ...]:
         return tuple(k for k in CASCADE if k in self.encoders)
+
+
+def check_cascade_levels(wset: WeightSet, name: str) -> None:
+    """Refuse a weight set that lacks some of levels 1-5, which the stylize cascade needs.
+
+    Raises:
+        WeightsError: one line naming ``--weights`` and the levels the set has.
+    """
+    if set(wset.levels) != set(CASCADE):
+        have = ",".join(map(str, wset.levels)) or "none"
+        raise WeightsError(
+            f"--weights {name} ({wset.model_id}) has levels {have}; the stylize cascade needs encoders and decoders "
+            "for levels 1,2,3,4,5"
+        )
 
 
 def load_model_set(
@@ -51,13 +65,8 @@ def load_model_set(
         WeightsError: ``levels`` is not given and the weight set lacks some of levels 1-5.
     """
     wset = weights if isinstance(weights, WeightSet) else resolve_weights(weights, storage_options)
-    if levels is None and set(wset.levels) != set(CASCADE):
-        have = ",".join(map(str, wset.levels)) or "none"
-        name = weights if isinstance(weights, str) else wset.model_id
-        raise WeightsError(
-            f"--weights {name} ({wset.model_id}) has levels {have}; the stylize cascade needs encoders and decoders "
-            "for levels 1,2,3,4,5"
-        )
+    if levels is None:
+        check_cascade_levels(wset, weights if isinstance(weights, str) else wset.model_id)
     levels = tuple(k for k in CASCADE if k in (levels or wset.levels))
     device = torch.device(device)
     encoders = {k: small_encoder(k, weights=wset, storage_options=storage_options) for k in levels}

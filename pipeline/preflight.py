@@ -28,6 +28,7 @@ from models import WeightSet, resolve_weights
 from pipeline.fingerprint import code_version, pair_settings, style_digest, weights_digests
 from pipeline.imageio import ImageError, check_pixels, image_size, output_format, write_bytes
 from pipeline.manifest import Pair, join_uri, one_line_error, with_settings
+from pipeline.models import check_cascade_levels
 
 __all__ = [
     "BatchChecks",
@@ -105,10 +106,11 @@ def check_weights(uri: str | None, storage_options: dict[str, Any] | None = None
         The weight set and its per-file sha256 (``{"1SE": ..., ...}``).
 
     Raises:
-        WeightsError: the location is missing or unreachable, or a file is missing or
-            differs from its digest (one line naming the URI).
+        WeightsError: the location is missing or unreachable, a file is missing or differs
+            from its digest, or levels 1-5 are not all there (one line naming the URI).
     """
     weights = resolve_weights(uri, storage_options)
+    check_cascade_levels(weights, uri or weights.model_id)
     return weights, weights_digests(weights, storage_options)
 
 

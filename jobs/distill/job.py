@@ -12,12 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from jobs.distill.data import list_images, load_eval_images, split_holdout, training_dataset
@@ -37,6 +34,7 @@ from jobs.distill.train import (
 )
 from models import FamilySpec
 from models.pruning import student_family
+from pipeline.fingerprint import code_version
 from pipeline.imageio import write_bytes
 
 __all__ = ["Setup", "prepare", "run"]
@@ -73,25 +71,6 @@ def prepare(args: argparse.Namespace) -> Setup:
     else:
         train_uris, held_uris = split_holdout(images, every=args.holdout_every)
     return Setup(teacher, family, stages, train_uris, held_uris)
-
-
-def _code_version() -> str:
-    """``$ULTRASTYLE_CODE_VERSION`` (set by the image build), else the git commit, else the package version."""
-    if os.environ.get("ULTRASTYLE_CODE_VERSION"):
-        return os.environ["ULTRASTYLE_CODE_VERSION"]
-    try:
-        root = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, check=True
-        )
-        return f"git:{commit.stdout.strip()}"
-    except (OSError, subprocess.CalledProcessError):
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return f"ultrastyle {version('ultrastyle')}"
-        except PackageNotFoundError:
-            return "unknown"
 
 
 def _write_run_folder(
@@ -208,7 +187,7 @@ def run(args: argparse.Namespace, setup: Setup, resources_per_worker: dict[str, 
         "workers": args.workers,
         "cpus_per_worker": args.cpus_per_worker,
         "metrics": metrics,
-        "code_version": _code_version(),
+        "code_version": code_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     run_uri = f"{args.storage.rstrip('/')}/{args.run_id}"

@@ -33,3 +33,10 @@ def test_levels_given_explicitly_load_what_the_set_has(two_level_bundle):
 
 def test_official_set_loads_the_whole_cascade(weights_dir):
     assert load_model_set(str(weights_dir)).levels == CASCADE
+
+
+def test_the_batch_driver_refuses_such_weights_before_any_actor_starts(two_level_bundle):
+    from pipeline.preflight import check_weights
+
+    with pytest.raises(WeightsError, match="has levels 1,2"):
+        check_weights(two_level_bundle)

@@ -11,15 +11,14 @@ into a :class:`WeightSet`, whose files are fetched hash-checked by :mod:`models.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-import fsspec
 from fsspec.core import url_to_fs
 
+from models import bundle
 from models.checkpoint import WEIGHTS_ENV, WeightsError, fetch, load_state_dict
 from models.family import CD16X, LEVELS, Decoder, Encoder, FamilySpec
 
@@ -29,7 +28,6 @@ __all__ = [
     "WeightSet",
     "WeightSpec",
     "official_weight_set",
-    "read_card",
     "resolve_weights",
     "small_decoder",
     "small_encoder",
@@ -111,12 +109,6 @@ class CD16xWeights(Enum):
     DEFAULT = OFFICIAL
 
 
-def read_card(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a bundle's ``card.json``."""
-    with fsspec.open(uri.rstrip("/") + "/card.json", "r", **(storage_options or {})) as f:
-        return json.load(f)
-
-
 def resolve_weights(uri: str | None = None, storage_options: dict[str, Any] | None = None) -> WeightSet:
     """Turn a ``--weights`` location into a :class:`WeightSet` (see the module docstring).
 
@@ -127,28 +119,16 @@ def resolve_weights(uri: str | None = None, storage_options: dict[str, Any] | No
     if uri is None:
         return CD16xWeights.DEFAULT.value
     try:
+        uri = bundle.resolve_pointer(uri, storage_options)  # <publish>/latest names the current run id
+        has_card = bundle.is_bundle(uri, storage_options)
         fs, path = url_to_fs(uri, **(storage_options or {}))
-        if fs.isfile(path):  # <publish>/latest names the current run id
-            with fs.open(path, "r") as f:
-                run_id = f.read().strip()
-            uri = uri.rstrip("/").rsplit("/", 1)[0] + "/" + run_id
-            fs, path = url_to_fs(uri, **(storage_options or {}))
-        has_card = fs.exists(path.rstrip("/") + "/card.json")
         is_dir = fs.isdir(path)
     except Exception as e:
         raise WeightsError(f"cannot read weights location {uri}: {type(e).__name__}: {e}") from e
     if has_card:
-        card = read_card(uri, storage_options)
-        family = FamilySpec(
-            widths=tuple(card["widths"]),
-            level1_width=card["level1_width"],
-            embed_widths=tuple(card["embed_widths"]) if card.get("embed_widths") else None,
-            level1_embed_width=card.get("level1_embed_width"),
-        )
-        files = {
-            name: WeightSpec(uri.rstrip("/") + f"/{name}.pth", digest) for name, digest in card["files"].items()
-        }
-        return WeightSet(f"bundle:{card['run_id']}", family, files)
+        card = bundle.read_card(uri, storage_options)
+        files = {name: WeightSpec(bundle.weight_uri(uri, name), digest) for name, digest in card["files"].items()}
+        return WeightSet(f"bundle:{card['run_id']}", bundle.card_family(card), files)
     if not is_dir:
         raise WeightsError(f"weights location {uri} is not a folder of {{k}}SE.pth/{{k}}SD.pth files nor a bundle")
     return official_weight_set(uri, layout="flat")

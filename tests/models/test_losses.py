@@ -85,7 +85,7 @@ def test_distillation_objective_is_the_contract_sum_and_trains_only_the_student(
 
 @pytest.mark.parametrize("kind", ["student_encoder", "student_decoder"])
 def test_objectives_fall_under_adam_on_a_real_image(kind, weights_dir, content_dir):
-    from pipeline.distill_data import load_eval_images
+    from jobs.distill.data import load_eval_images
 
     weights = resolve_weights(str(weights_dir))
     teacher, teacher_decoder = small_encoder(2, weights=weights), small_decoder(2, weights=weights)
@@ -127,7 +127,7 @@ def test_psnr():
 
 
 def test_official_level1_reconstructs_a_real_image(weights_dir, content_dir):
-    from pipeline.distill_data import load_eval_images
+    from jobs.distill.data import load_eval_images
 
     weights = resolve_weights(str(weights_dir))
     (image,) = load_eval_images([str(content_dir / "portrait_420.jpg")], side=128)

@@ -229,14 +229,14 @@ def test_whole_mode_runs_each_image_in_one_actor_call(ray_cluster, content_dir, 
     assert _psnr(got, _decode((tmp_path / "ref.png").read_bytes())) >= 50
 
 
-def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, content_dir, style_dir, tmp_path, caplog):
+def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, content_dir, style_dir, tmp_path, capsys):
     source = tmp_path / "in"
     source.mkdir()
     Image.open(content_dir / "portrait_420.jpg").convert("RGB").resize((64, 64)).save(source / "face.png")
     argv = _args(str(source), str(tmp_path / "out"), [str(style_dir / "brushwork_512.jpg")], tmp_path / "no-weights")
     assert main(argv) == 1
-    [line] = [r.getMessage() for r in caplog.records if "model actors failed to start" in r.getMessage()]
-    assert "\n" not in line and "no-weights" in line
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # checked on the driver, before any actor starts
+    assert line.startswith("ultrastyle stylize: error: weights location") and "no-weights" in line
 
 
 @pytest.mark.parametrize(
@@ -247,6 +247,6 @@ def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, conten
 def test_bad_flags_are_refused_before_anything_runs(flag, value, message, tmp_path, weights_dir, capsys):
     (tmp_path / "in").mkdir()
     argv = [*_args(str(tmp_path / "in"), str(tmp_path / "out"), ["s.jpg"], weights_dir), flag, value]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -26,6 +26,7 @@ from fsspec.core import url_to_fs
 from pipeline.engine import MODES, load_style, stylize_file
 from pipeline.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, output_format
 from pipeline.models import load_model_set
+from pipeline.precision import DEFAULT_PRECISION, PRECISIONS
 from pipeline.preflight import UsageError, check_format, check_output
 from pipeline.tiles import TILE_ALIGN
 
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whole: in memory; exact: tiled, same result; auto: exact when larger than one tile; "
                    "thumbnail: tiled in one pass with statistics from a 1024-px copy (faster, approximate)")
     p.add_argument("--tile", type=int, default=1024, help="tile core side in px, multiple of 16 (default 1024)")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                   help="arithmetic of the networks: fp32 (exact, TF32 off), tf32 (TF32 allowed on GPUs), bf16 or "
+                   "fp16 (convolutions in that dtype; statistics stay float64). Default fp32")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 1e9)")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
     p.add_argument("--storage-options", type=json.loads, default=None,
@@ -136,7 +140,7 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
         raise UsageError(f"--output {e}") from e
     check_output(args.output, args.storage_options, folder=False)
     start = time.perf_counter()
-    models = load_model_set(args.weights, storage_options=args.storage_options)
+    models = load_model_set(args.weights, storage_options=args.storage_options, precision=args.precision)
     style = load_style(args.style[0], models, style_size=args.style_size, storage_options=args.storage_options,
                        max_pixels=args.max_pixels)
     log.info("models %s loaded and style statistics ready in %.1f s", models.model_id, time.perf_counter() - start)

@@ -433,6 +433,7 @@ def _start_actors(args: argparse.Namespace, settings: BatchSettings, run_id: str
             device=settings.device,
             threads=threads,
             storage_options=args.storage_options,
+            precision=args.precision,
         )
         for i in range(settings.workers)
     ]
@@ -457,7 +458,7 @@ def run_batch(args: argparse.Namespace, content_uri: str) -> int:
             ``style_size``, ``mode``, ``tile``, ``max_pixels``, ``quality``,
             ``storage_options``, ``format``, ``workers``, ``gpus_per_worker``,
             ``cpus_per_worker``, ``io_cpus``, ``max_in_flight``, ``max_in_flight_mp``,
-            ``retries``, ``progress_seconds``, ``overwrite``).
+            ``retries``, ``progress_seconds``, ``overwrite``, ``precision``).
         content_uri: a folder or prefix (local or any fsspec URI).
 
     Returns:

@@ -27,6 +27,7 @@ __all__ = [
     "style_statistics",
     "stylize_tile",
     "stylize_whole",
+    "upload",
 ]
 
 PAD_MULTIPLE = HALO_ALIGN  # four 2x2 max-pools before relu5_1
@@ -51,18 +52,35 @@ def pad_to_multiple(image: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.
     return F.pad(image, (0, pw, 0, ph), mode="reflect")
 
 
+def upload(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``. A CPU tensor bound for a GPU is staged in pinned memory and copied
+    without blocking, so the host thread goes on to queue the kernels that read it."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def _model_input(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on ``module``'s device, in its weights' dtype (the precision policy), channels-last."""
+    weight = next(module.parameters())
+    return upload(x, weight.device).to(weight.dtype, memory_format=torch.channels_last)
+
+
 def encode(encoder: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """Encoder forward on the encoder's device, in channels-last layout, under ``inference_mode``."""
-    device = next(encoder.parameters()).device
+    """Encoder forward on the encoder's device and in its dtype, channels-last, under ``inference_mode``.
+
+    Returns:
+        float32 features whatever the encoder's dtype (:mod:`pipeline.precision`): statistics,
+        caches and canvases never see bf16/fp16 values.
+    """
     with torch.inference_mode():
-        return encoder(image.to(device, memory_format=torch.channels_last))
+        return encoder(_model_input(encoder, image)).float()
 
 
 def decode_transformed(decoder: torch.nn.Module, features: torch.Tensor, transform: ColorTransform) -> torch.Tensor:
-    """Whiten-colour ``features`` with ``transform`` and decode them to ``(N, 3, H, W)``."""
+    """Whiten-colour ``features`` with ``transform`` (in float32) and decode them to float32 ``(N, 3, H, W)``."""
     with torch.inference_mode():
-        transformed = apply_transform(features, transform).contiguous(memory_format=torch.channels_last)
-        return decoder(transformed)
+        return decoder(_model_input(decoder, apply_transform(features, transform))).float()
 
 
 def style_statistics(style: torch.Tensor, models: ModelSet) -> dict[int, FeatureStats]:

@@ -106,6 +106,7 @@ def pair_settings(
     style: str,
     output_uri: str,
     code: str,
+    precision: str,
 ) -> dict[str, Any]:
     """The settings one output depends on, as a JSON-ready dict (the manifest's ``settings``).
 
@@ -116,6 +117,7 @@ def pair_settings(
         style: the style's content digest (:func:`style_digest`).
         output_uri: the pair's output; its extension gives the format.
         code: :func:`code_version`.
+        precision: ``--precision`` (:mod:`pipeline.precision`): the reduced modes change pixels.
     """
     fmt = output_format(output_uri)
     return {
@@ -128,6 +130,7 @@ def pair_settings(
         "quality": quality if fmt in _LOSSY else None,
         "style": style,
         "code": code,
+        "precision": precision,
     }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from models import Decoder, Encoder, WeightsError, WeightSet, resolve_weights, small_decoder, small_encoder
+from pipeline.precision import DEFAULT_PRECISION, Precision, apply_precision, model_dtype
 
 __all__ = ["CASCADE", "ModelSet", "check_cascade_levels", "load_model_set"]
 
@@ -17,12 +18,13 @@ CASCADE = (5, 4, 3, 2, 1)
 
 @dataclass
 class ModelSet:
-    """Encoder and decoder per level, in eval mode on ``device``."""
+    """Encoder and decoder per level, in eval mode on ``device``, weights in ``precision``'s dtype."""
 
     encoders: dict[int, Encoder]
     decoders: dict[int, Decoder]
     model_id: str
     device: torch.device
+    precision: Precision = DEFAULT_PRECISION
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -49,6 +51,7 @@ def load_model_set(
     levels: tuple[int, ...] | None = None,
     device: str | torch.device = "cpu",
     storage_options: dict[str, Any] | None = None,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> ModelSet:
     """Resolve ``weights`` (see :func:`models.resolve_weights`) and load every level's pair.
 
@@ -60,10 +63,15 @@ def load_model_set(
             refused rather than quietly stylizing with fewer levels.
         device: where the modules live.
         storage_options: passed to the weights' filesystem.
+        precision: one of :data:`~pipeline.precision.PRECISIONS` (``--precision``): the
+            modules are cast to its dtype, and this process's TF32 switches are set for it
+            (:func:`~pipeline.precision.apply_precision`), since they belong to the process.
 
     Raises:
         WeightsError: ``levels`` is not given and the weight set lacks some of levels 1-5.
+        ValueError: ``precision`` is not a known mode.
     """
+    dtype = model_dtype(precision)
     wset = weights if isinstance(weights, WeightSet) else resolve_weights(weights, storage_options)
     if levels is None:
         check_cascade_levels(wset, weights if isinstance(weights, str) else wset.model_id)
@@ -73,5 +81,6 @@ def load_model_set(
     decoders = {k: small_decoder(k, weights=wset, storage_options=storage_options) for k in levels}
     for module in (*encoders.values(), *decoders.values()):
         # channels_last: oneDNN's and cuDNN's fast layout for 3x3 convs (1.5-2x on CPU here).
-        module.to(device, memory_format=torch.channels_last).requires_grad_(False)
-    return ModelSet(encoders, decoders, wset.model_id, device)
+        module.to(device, dtype, memory_format=torch.channels_last).requires_grad_(False)
+    apply_precision(precision)
+    return ModelSet(encoders, decoders, wset.model_id, device, precision)

@@ -176,7 +176,8 @@ class BatchChecks:
                 pair = replace(pair, error=f"style image failed: {style.error}")
             settings = pair_settings(model_id=self.model_id, weights=self.weights, alpha=args.alpha,
                                      style_size=args.style_size, mode=args.mode, quality=args.quality,
-                                     style=style.digest, output_uri=pair.output_uri, code=code)
+                                     style=style.digest, output_uri=pair.output_uri, code=code,
+                                     precision=args.precision)
             stamped.append(with_settings(pair, settings))
         return stamped
 

@@ -31,6 +31,7 @@ from pipeline.engine import Mode, RunReport, StyleStats, load_style, read_conten
 from pipeline.imageio import ImageError, LoadedImage
 from pipeline.models import load_model_set
 from pipeline.output import canvas_to_uint8, write_canvas
+from pipeline.precision import Precision, tf32_flags
 from pipeline.stats import FeatureStats
 from pipeline.tiled import canvas_from_array, level_geometry, tile_round_a, tile_round_b
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
@@ -201,6 +202,8 @@ class ModelActor:
         threads: torch intra-op threads; the CPUs Ray reserved for this actor, so that
             several actors on one node do not oversubscribe it.
         storage_options: passed to fsspec for weights, styles and outputs.
+        precision: ``--precision``; loading the models in it also sets this actor process's
+            TF32 switches (:func:`~pipeline.precision.apply_precision`).
     """
 
     def __init__(
@@ -211,9 +214,10 @@ class ModelActor:
         device: str,
         threads: int,
         storage_options: dict[str, Any] | None,
+        precision: Precision,
     ) -> None:
         torch.set_num_threads(threads)
-        self.models = load_model_set(weights, device=device, storage_options=storage_options)
+        self.models = load_model_set(weights, device=device, storage_options=storage_options, precision=precision)
         self.storage_options = storage_options
         self.worker = f"{name}@{ray.util.get_node_ip_address()}"
         self.geometry = {k: level_geometry(k, enc.out_channels) for k, enc in self.models.encoders.items()}
@@ -223,6 +227,10 @@ class ModelActor:
         channels = {k: enc.out_channels for k, enc in self.models.encoders.items()}
         node = ray.get_runtime_context().get_node_id()
         return WorkerInfo(self.worker, self.models.model_id, str(self.models.device), os.getpid(), node, channels)
+
+    def tf32_flags(self) -> dict[str, bool]:
+        """This actor process's TF32 switches (:func:`~pipeline.precision.tf32_flags`)."""
+        return tf32_flags()
 
     def style(self, style_uri: str, *, style_size: int | None, max_pixels: int) -> StyleStats:
         """A style's statistics at every level (computed once per style, shared by reference)."""

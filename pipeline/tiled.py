@@ -32,7 +32,7 @@ import torch
 
 from models import decoder_halo, encoder_halo, level_halo
 from pipeline.canvas import Canvas, open_canvas, reflect_pad_canvas
-from pipeline.cascade import MIN_SIDE, LevelCallback, decode_transformed, encode, pad_to_multiple
+from pipeline.cascade import MIN_SIDE, LevelCallback, decode_transformed, encode, pad_to_multiple, upload
 from pipeline.chunks import unit_float
 from pipeline.models import CASCADE, ModelSet
 from pipeline.stats import FeatureStats, feature_stats, merge_stats
@@ -195,7 +195,7 @@ def tile_round_b(
     device = next(decoder.parameters()).device
     if features is not None:
         region = tile.core.grow(geo.decoder_halo, bounds)
-        f = torch.from_numpy(features.read(region.scaled(geo.scale)))[None].to(device)
+        f = upload(torch.from_numpy(features.read(region.scaled(geo.scale)))[None], device)
     else:
         region = tile.core.grow(geo.halo, bounds)
         f = encode(encoder, torch.from_numpy(canvas.read(region))[None])

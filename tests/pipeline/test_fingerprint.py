@@ -13,7 +13,8 @@ DIGESTS = {"1SE": "aa" * 32, "1SD": "bb" * 32}
 
 def _settings(**changed):
     base = dict(model_id="cd16x", weights=DIGESTS, alpha=1.0, style_size=None, mode="auto", quality=95,
-                style="sha256:" + "cc" * 32, output_uri="out/a__s.png", code="0.1.0")
+                style="sha256:" + "cc" * 32, output_uri="out/a__s.png", code="0.1.0",
+                precision="fp32")
     return pair_settings(**{**base, **changed})
 
 
@@ -22,7 +23,7 @@ def test_every_setting_that_changes_pixels_changes_the_fingerprint():
     assert fingerprint(_settings()) == base and len(base) == 16
     for changed in [dict(alpha=0.5), dict(style_size=512), dict(mode="thumbnail"), dict(model_id="bundle:x"),
                     dict(weights={**DIGESTS, "1SD": "dd" * 32}), dict(style="etag:abc"), dict(code="0.2.0"),
-                    dict(output_uri="out/a__s.jpg")]:
+                    dict(output_uri="out/a__s.jpg"), dict(precision="bf16"), dict(precision="tf32")]:
         assert fingerprint(_settings(**changed)) != base, changed
 
 

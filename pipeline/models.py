@@ -10,21 +10,31 @@ import torch
 from models import Decoder, Encoder, WeightsError, WeightSet, resolve_weights, small_decoder, small_encoder
 from pipeline.precision import DEFAULT_PRECISION, Precision, apply_precision, model_dtype
 
-__all__ = ["CASCADE", "ModelSet", "check_cascade_levels", "load_model_set"]
+__all__ = ["CASCADE", "DEFAULT_TILE_BATCH", "ModelSet", "check_cascade_levels", "load_model_set"]
 
 # Levels in the order the cascade applies them (coarse style first, as in WCT).
 CASCADE = (5, 4, 3, 2, 1)
+# Equal-size tile regions per network call, by device type, when the caller does not say.
+# On the CPU one tile already fills the cores and batching measured no faster (README); on a GPU
+# one tile of the small networks leaves most of it idle.
+DEFAULT_TILE_BATCH = {"cpu": 1, "cuda": 4}
 
 
 @dataclass
 class ModelSet:
-    """Encoder and decoder per level, in eval mode on ``device``, weights in ``precision``'s dtype."""
+    """Encoder and decoder per level, in eval mode on ``device``, weights in ``precision``'s dtype.
+
+    Attributes:
+        tile_batch: most equal-size tile regions the tiled executors put through a network in
+            one call (:func:`pipeline.tiled.map_batched`).
+    """
 
     encoders: dict[int, Encoder]
     decoders: dict[int, Decoder]
     model_id: str
     device: torch.device
     precision: Precision = DEFAULT_PRECISION
+    tile_batch: int = 1
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -52,6 +62,7 @@ def load_model_set(
     device: str | torch.device = "cpu",
     storage_options: dict[str, Any] | None = None,
     precision: Precision = DEFAULT_PRECISION,
+    tile_batch: int | None = None,
 ) -> ModelSet:
     """Resolve ``weights`` (see :func:`models.resolve_weights`) and load every level's pair.
 
@@ -66,21 +77,26 @@ def load_model_set(
         precision: one of :data:`~pipeline.precision.PRECISIONS` (``--precision``): the
             modules are cast to its dtype, and this process's TF32 switches are set for it
             (:func:`~pipeline.precision.apply_precision`), since they belong to the process.
+        tile_batch: tile regions per network call in the tiled executors; ``None``:
+            :data:`DEFAULT_TILE_BATCH` for the device. Memory grows with it.
 
     Raises:
         WeightsError: ``levels`` is not given and the weight set lacks some of levels 1-5.
-        ValueError: ``precision`` is not a known mode.
+        ValueError: ``precision`` is not a known mode, or ``tile_batch`` is less than 1.
     """
     dtype = model_dtype(precision)
+    device = torch.device(device)
+    tile_batch = DEFAULT_TILE_BATCH.get(device.type, 1) if tile_batch is None else tile_batch
+    if tile_batch < 1:
+        raise ValueError(f"tile_batch must be at least 1, got {tile_batch}")
     wset = weights if isinstance(weights, WeightSet) else resolve_weights(weights, storage_options)
     if levels is None:
         check_cascade_levels(wset, weights if isinstance(weights, str) else wset.model_id)
     levels = tuple(k for k in CASCADE if k in (levels or wset.levels))
-    device = torch.device(device)
     encoders = {k: small_encoder(k, weights=wset, storage_options=storage_options) for k in levels}
     decoders = {k: small_decoder(k, weights=wset, storage_options=storage_options) for k in levels}
     for module in (*encoders.values(), *decoders.values()):
         # channels_last: oneDNN's and cuDNN's fast layout for 3x3 convs (1.5-2x on CPU here).
         module.to(device, dtype, memory_format=torch.channels_last).requires_grad_(False)
     apply_precision(precision)
-    return ModelSet(encoders, decoders, wset.model_id, device, precision)
+    return ModelSet(encoders, decoders, wset.model_id, device, precision, tile_batch)

@@ -1,7 +1,7 @@
 """The batch job's Ray side: a model actor and two I/O tasks, each a thin wrapper.
 
 The actor loads the weights once in ``__init__``; each method unpacks its arguments, calls
-pipeline functions (:func:`~pipeline.tiled.tile_round_a`, :func:`~pipeline.tiled.tile_round_b`
+pipeline functions (:func:`~pipeline.tiled.round_a_tiles`, :func:`~pipeline.tiled.round_b_tiles`
 for several tiles per call, :func:`~pipeline.engine.stylize_file`,
 :func:`~pipeline.engine.load_style`) and packs the result with the seconds it took. The
 tasks read and cut an image (:func:`cut_image`) and stitch and write one
@@ -33,7 +33,7 @@ from pipeline.models import load_model_set
 from pipeline.output import canvas_to_uint8, write_canvas
 from pipeline.precision import Precision, tf32_flags
 from pipeline.stats import FeatureStats
-from pipeline.tiled import canvas_from_array, level_geometry, tile_round_a, tile_round_b
+from pipeline.tiled import canvas_from_array, level_geometry, round_a_tiles, round_b_tiles
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
 from pipeline.wct import ColorTransform
 
@@ -291,7 +291,7 @@ class ModelActor:
         start = time.perf_counter()
         canvas = ChunkCanvas(3, *size, zip(rects, chunks, strict=True))
         encoder, geo = self.models.encoders[level], self.geometry[level]
-        results = [tile_round_a(canvas, t, encoder, geo) for t in tiles]
+        results = list(round_a_tiles(canvas, tiles, encoder, geo, batch=self.models.tile_batch))
         info = CallInfo(self.worker, time.perf_counter() - start, stats=tuple(s for s, _ in results))
         return (info, *(f for _, f in results)) if geo.cache_features else info
 
@@ -335,8 +335,9 @@ class ModelActor:
         # Arrays from the object store are read-only, which torch warns about when wrapping them.
         transform = ColorTransform(np.array(transform.matrix), np.array(transform.bias))
         cores = []
-        for t in tiles:
-            pixels = tile_round_b(image, features, t, encoder, self.models.decoders[level], geo, transform)
+        decoder, batch = self.models.decoders[level], self.models.tile_batch
+        results = round_b_tiles(image, features, tiles, encoder, decoder, geo, transform, batch=batch)
+        for t, pixels in zip(tiles, results, strict=True):
             if last:
                 pixels = canvas_to_uint8(MemoryCanvas(pixels), t.core.height, t.core.width).transpose(2, 0, 1)
             cores.append(np.ascontiguousarray(pixels))

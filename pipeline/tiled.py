@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -51,7 +51,10 @@ __all__ = [
     "decode_core",
     "encode_core",
     "level_geometry",
+    "map_batched",
     "read_rgb",
+    "round_a_tiles",
+    "round_b_tiles",
     "run_levels",
     "stylize_exact",
     "stylize_thumbnail",
@@ -161,19 +164,100 @@ def read_rgb(canvas: Canvas, height: int, width: int) -> np.ndarray:
     return np.clip(canvas.read(Rect(0, 0, height, width)).transpose(1, 2, 0), 0, 1)
 
 
+def map_batched(
+    fn: Callable[..., torch.Tensor], calls: Iterable[tuple[Any, ...]], *, batch: int
+) -> Iterator[torch.Tensor]:
+    """``fn(x, *args)`` for each ``(x, *args)`` in ``calls``, with up to ``batch`` consecutive calls
+    whose ``x`` have one shape and whose ``args`` are equal stacked into one call on ``(N, C, H, W)``.
+
+    Each convolution then runs once on N equal-size tile regions instead of N times, which keeps
+    a GPU busy; the pixels are those of the one-at-a-time calls (to float rounding). ``calls`` is
+    read lazily, so at most ``batch`` inputs are held at a time.
+
+    Args:
+        fn: maps ``(N, ...)`` to ``(N, ...)``, sample by sample (a network forward).
+        calls: ``(x, *args)`` with ``x`` ``(1, C, H, W)`` and ``args`` hashable.
+        batch: most inputs per call; 1 calls ``fn`` once per input, on the input itself.
+
+    Yields:
+        ``(1, ...)`` results in the order of ``calls``.
+
+    Raises:
+        ValueError: ``batch`` is less than 1.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    pending: list[torch.Tensor] = []
+    key: tuple[Any, ...] = ()
+    for x, *args in calls:
+        if pending and (len(pending) == batch or (x.shape, *args) != key):
+            yield from fn(pending[0] if len(pending) == 1 else torch.cat(pending), *key[1:]).split(1)
+            pending = []
+        pending.append(x)
+        key = (x.shape, *args)
+    if pending:
+        yield from fn(pending[0] if len(pending) == 1 else torch.cat(pending), *key[1:]).split(1)
+
+
+def round_a_tiles(
+    canvas: Canvas, tiles: Sequence[Tile], encoder: torch.nn.Module, geo: LevelGeometry, *, batch: int = 1
+) -> Iterator[tuple[FeatureStats, np.ndarray | None]]:
+    """Round A for several tiles, in order: each core's feature statistics, and its ``(C, h, w)``
+    features when round B reads them back (``geo.cache_features``), else ``None``.
+
+    ``canvas`` needs to hold each core grown by ``geo.encoder_halo`` (clipped to the canvas).
+    Up to ``batch`` equal-size regions go through the encoder at once (:func:`map_batched`).
+    """
+    bounds = Rect(0, 0, canvas.height, canvas.width)
+    regions = [(t.core, t.core.grow(geo.encoder_halo, bounds)) for t in tiles]
+    calls = ((torch.from_numpy(canvas.read(r))[None], core.relative_to(r)) for core, r in regions)
+    for f in map_batched(lambda x, core: encode_core(encoder, x, core, geo.scale), calls, batch=batch):
+        yield feature_stats(f), (f[0].cpu().numpy() if geo.cache_features else None)
+
+
 def tile_round_a(
     canvas: Canvas, tile: Tile, encoder: torch.nn.Module, geo: LevelGeometry
 ) -> tuple[FeatureStats, np.ndarray | None]:
-    """Round A for one tile: the core's feature statistics, and its ``(C, h, w)`` features
-    when round B reads them back (``geo.cache_features``), else ``None``.
+    """Round A for one tile (see :func:`round_a_tiles`)."""
+    return next(round_a_tiles(canvas, [tile], encoder, geo))
 
-    ``canvas`` needs to hold the core grown by ``geo.encoder_halo`` (clipped to the canvas).
+
+def round_b_tiles(
+    canvas: Canvas,
+    features: Canvas | None,
+    tiles: Sequence[Tile],
+    encoder: torch.nn.Module,
+    decoder: torch.nn.Module,
+    geo: LevelGeometry,
+    transform: ColorTransform,
+    *,
+    batch: int = 1,
+) -> Iterator[np.ndarray]:
+    """Round B for several tiles, in order: each core's ``(3, h, w)`` pixels for the next level.
+
+    With cached ``features`` (a canvas at the level's scale holding each core grown by
+    ``geo.decoder_halo``), they are transformed and decoded; without, ``canvas`` must hold
+    each core grown by ``geo.halo`` and is encoded again. Up to ``batch`` equal-size regions
+    go through the networks at once (:func:`map_batched`).
     """
     bounds = Rect(0, 0, canvas.height, canvas.width)
-    region = tile.core.grow(geo.encoder_halo, bounds)
-    x = torch.from_numpy(canvas.read(region))[None]
-    f = encode_core(encoder, x, tile.core.relative_to(region), geo.scale)
-    return feature_stats(f), (f[0].cpu().numpy() if geo.cache_features else None)
+    device = next(decoder.parameters()).device
+
+    def calls() -> Iterator[tuple[torch.Tensor, Rect]]:
+        for t in tiles:
+            if features is not None:
+                region = t.core.grow(geo.decoder_halo, bounds)
+                x = upload(torch.from_numpy(features.read(region.scaled(geo.scale)))[None], device)
+            else:
+                region = t.core.grow(geo.halo, bounds)
+                x = torch.from_numpy(canvas.read(region))[None]
+            yield x, t.core.relative_to(region)
+
+    def run(x: torch.Tensor, core: Rect) -> torch.Tensor:
+        return decode_core(decoder, x if features is not None else encode(encoder, x), transform, core)
+
+    for y in map_batched(run, calls(), batch=batch):
+        yield y[0].cpu().numpy()
 
 
 def tile_round_b(
@@ -185,22 +269,8 @@ def tile_round_b(
     geo: LevelGeometry,
     transform: ColorTransform,
 ) -> np.ndarray:
-    """Round B for one tile: the core's ``(3, h, w)`` pixels for the next level.
-
-    With cached ``features`` (a canvas at the level's scale holding the core grown by
-    ``geo.decoder_halo``), they are transformed and decoded; without, ``canvas`` must hold
-    the core grown by ``geo.halo`` and is encoded again.
-    """
-    bounds = Rect(0, 0, canvas.height, canvas.width)
-    device = next(decoder.parameters()).device
-    if features is not None:
-        region = tile.core.grow(geo.decoder_halo, bounds)
-        f = upload(torch.from_numpy(features.read(region.scaled(geo.scale)))[None], device)
-    else:
-        region = tile.core.grow(geo.halo, bounds)
-        f = encode(encoder, torch.from_numpy(canvas.read(region))[None])
-    y = decode_core(decoder, f, transform, tile.core.relative_to(region))
-    return y[0].cpu().numpy()
+    """Round B for one tile (see :func:`round_b_tiles`)."""
+    return next(round_b_tiles(canvas, features, [tile], encoder, decoder, geo, transform))
 
 
 class TileExecutor(Protocol):
@@ -275,7 +345,10 @@ def run_levels(
 
 
 class CanvasExecutor:
-    """Runs tiles one after another in this process, each level's image on a canvas.
+    """Runs tiles in this process, each level's image on a canvas.
+
+    Tiles go through the networks one after another, or ``models.tile_batch`` equal-size
+    regions at a time (:func:`map_batched`; the GPU default).
 
     Args:
         canvas: the reflect-padded input (see :func:`canvas_from_array`); read, never
@@ -292,6 +365,7 @@ class CanvasExecutor:
         self.image = canvas
         self._input = canvas
         self._models, self._workdir, self._on_tile = models, workdir, on_tile
+        self._batch = models.tile_batch
         self._features: Canvas | None = None
 
     def _tick(self) -> None:
@@ -304,8 +378,8 @@ class CanvasExecutor:
             h, w = self.image.height // geo.scale, self.image.width // geo.scale
             self._features = open_canvas(encoder.out_channels, h, w, workdir=self._workdir, name=f"features{geo.level}")
         stats = []
-        for t in tiles:
-            tile_stats, features = tile_round_a(self.image, t, encoder, geo)
+        results = round_a_tiles(self.image, tiles, encoder, geo, batch=self._batch)
+        for t, (tile_stats, features) in zip(tiles, results, strict=True):
             stats.append(tile_stats)
             if features is not None:
                 self._features.write(t.core.scaled(geo.scale), features)
@@ -316,8 +390,9 @@ class CanvasExecutor:
         image, features = self.image, self._features if geo.cache_features else None
         encoder, decoder = self._models.encoders[geo.level], self._models.decoders[geo.level]
         out = open_canvas(3, image.height, image.width, workdir=self._workdir, name=f"level{geo.level}")
-        for t in tiles:
-            out.write(t.core, tile_round_b(image, features, t, encoder, decoder, geo, transform))
+        cores = round_b_tiles(image, features, tiles, encoder, decoder, geo, transform, batch=self._batch)
+        for t, pixels in zip(tiles, cores, strict=True):
+            out.write(t.core, pixels)
             self._tick()
         if self._features is not None:
             self._features.close()

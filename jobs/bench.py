@@ -1,9 +1,12 @@
-"""``ultrastyle bench``: megapixels per second and peak memory of the cascade.
+"""``ultrastyle bench``: megapixels per second, peak memory and fidelity of the cascade.
 
 Runs the engine on a generated photo-like image of the requested size (made band by band, so
-the generator itself never holds a float copy) against the project's painted sample style,
-and reports wall seconds per level, megapixels per second and the peak resident memory of the
-process tree (sampled every 50 ms, and the kernel's own high-water mark of this process).
+the generator itself never holds a float copy), or on ``--content``, against the project's
+painted sample style, on ``--device`` in ``--precision``, and reports seconds per level
+(the device synchronized at each level's end), megapixels per second, the peak resident memory
+of the process tree (sampled every 50 ms, and the kernel's own high-water mark of this
+process), on CUDA the peak GPU memory allocated, and the PSNR of the result against the fp32
+whole-image result on the same input (computed after the timed run; ``--no-psnr`` skips it).
 Run each configuration in a fresh process: the peak is per process.
 """
 
@@ -21,10 +24,23 @@ import numpy as np
 import psutil
 import torch
 
+from pipeline.canvas import Canvas
 from pipeline.engine import MODES, LoadedImage, stylize_image, to_tensor
+from pipeline.imageio import read_image
 from pipeline.models import load_model_set
+from pipeline.precision import DEFAULT_PRECISION, PRECISIONS
+from pipeline.tiled import read_rgb
 
-__all__ = ["PeakMemory", "build_parser", "main", "synthetic_image"]
+__all__ = ["LevelClock", "PeakMemory", "build_parser", "main", "psnr8", "synthetic_image"]
+
+PROG = "ultrastyle bench"
+
+
+def psnr8(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two ``(H, W, 3)`` images in [0, 1] after rounding both to 8 bits (``inf`` when equal)."""
+    qa, qb = np.round(np.clip(a, 0, 1) * 255), np.round(np.clip(b, 0, 1) * 255)
+    mse = float(((qa - qb) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def synthetic_image(height: int, width: int, *, seed: int = 0, band: int = 512) -> np.ndarray:
@@ -80,56 +96,135 @@ class PeakMemory:
         self.peak = max(self.peak, kernel_peak)
 
 
+class LevelClock:
+    """An ``on_level`` callback that times each level itself, after waiting for ``device``.
+
+    CUDA kernels run asynchronously, so the engine's own per-level seconds would count only
+    the launch; synchronizing at each level's end makes the interval the level's device time.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[int, float] = {}
+        self._last = time.perf_counter()
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+
+    def __call__(self, level: int, _seconds: float) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[level] = round(now - self._last, 3)
+        self._last = now
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ultrastyle bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="3840x2160", help="WxH of the generated content image")
+    p.add_argument("--content", default=None, help="bench this image instead of a generated one (--size ignored)")
     p.add_argument("--mode", choices=MODES, default="exact")
     p.add_argument("--tile", type=int, default=1024)
     p.add_argument("--weights", default=None, help="weights location (default: $ULTRASTYLE_WEIGHTS or official)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run (default cpu)")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                   help="arithmetic of the networks (see ultrastyle stylize --help; default fp32)")
+    p.add_argument("--tile-batch", type=int, default=None,
+                   help="equal-size tile regions per network call (default: 1 on cpu, 4 on cuda)")
+    p.add_argument("--no-psnr", dest="psnr", action="store_false",
+                   help="skip the fp32 whole-image reference run (it needs the whole image's activations in memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p
 
 
+def _check(args: argparse.Namespace) -> tuple[int, int]:
+    """The image size to generate; one-line errors for bad flags."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA GPU on this machine")
+    if args.tile_batch is not None and args.tile_batch < 1:
+        raise ValueError(f"--tile-batch must be at least 1, got {args.tile_batch}")
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError as e:
+        raise ValueError(f"--size must be WxH in pixels, e.g. 3840x2160, got {args.size!r}") from e
+    return width, height
+
+
+def _result(image: LoadedImage, canvas: Canvas) -> np.ndarray:
+    """The image part of a result canvas, ``(H, W, 3)`` float32; closes the canvas."""
+    out = read_rgb(canvas, image.height, image.width)
+    canvas.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from jobs.samples import paint_style
-
-    args = build_parser().parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    models = load_model_set(args.weights)
     from pipeline.cascade import style_statistics
 
-    style = style_statistics(to_tensor(np.asarray(paint_style(), np.float32) / 255.0), models)
-    image = LoadedImage(synthetic_image(height, width))
-    levels: dict[int, float] = {}
+    args = build_parser().parse_args(argv)
+    try:
+        width, height = _check(args)
+    except ValueError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    style_rgb = to_tensor(np.asarray(paint_style(), np.float32) / 255.0)
+    models = load_model_set(args.weights, device=device, precision=args.precision, tile_batch=args.tile_batch)
+    style = style_statistics(style_rgb, models)
+    if args.content:
+        image = read_image(args.content)
+        width, height = image.width, image.height
+    else:
+        image = LoadedImage(synthetic_image(height, width))
+    clock = LevelClock(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     with PeakMemory() as memory, tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
         start = time.perf_counter()
-        _, report = stylize_image(
-            image, style, models, mode=args.mode, tile=args.tile, workdir=workdir,
-            on_level=lambda level, s: levels.__setitem__(level, round(s, 2)),
-        )
+        clock.start()
+        canvas, report = stylize_image(image, style, models, mode=args.mode, tile=args.tile, workdir=workdir,
+                                       on_level=clock)
         wall = time.perf_counter() - start
-    result = {
+        result = _result(image, canvas) if args.psnr else None
+    gpu_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    psnr = None
+    if args.psnr:
+        # The yardstick: fp32 (TF32 off) on the whole image, same device, same input and style.
+        reference_models = load_model_set(args.weights, device=device, precision="fp32")
+        reference_style = style_statistics(style_rgb, reference_models)
+        with tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
+            canvas, _ = stylize_image(image, reference_style, reference_models, mode="whole", workdir=workdir)
+            psnr = psnr8(result, _result(image, canvas))
+    summary = {
         "size": f"{width}x{height}",
         "megapixels": round(width * height / 1e6, 2),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": args.precision,
         "mode": report.mode,
         "tile": None if report.mode == "whole" else args.tile,
         "tiles": report.tiles,
+        "tile_batch": models.tile_batch,
         "threads": torch.get_num_threads(),
-        "seconds": round(wall, 2),
-        "mp_per_s": round(width * height / 1e6 / wall, 3),
-        "level_seconds": levels,
+        "seconds": round(wall, 3),
+        "mp_per_s": float(f"{width * height / 1e6 / wall:.4g}"),
+        "level_seconds": clock.seconds,
         "peak_rss_gib": round(memory.peak / 2**30, 2),
+        "peak_gpu_gib": None if gpu_peak is None else round(gpu_peak / 2**30, 3),
+        "psnr_vs_fp32_whole": None if psnr is None else (round(psnr, 2) if np.isfinite(psnr) else "inf"),
     }
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(summary))
     else:
+        gpu = "" if gpu_peak is None else f", peak GPU {summary['peak_gpu_gib']} GiB"
         print(
-            f"{result['size']} {result['mode']} tile={result['tile']} tiles={result['tiles']}: "
-            f"{result['seconds']} s, {result['mp_per_s']} MP/s, peak RSS {result['peak_rss_gib']} GiB, "
-            f"per level {levels}"
+            f"{summary['size']} {summary['mode']} {summary['precision']} on {summary['device']} "
+            f"tile={summary['tile']} tiles={summary['tiles']}: {summary['seconds']} s, {summary['mp_per_s']} MP/s, "
+            f"peak RSS {summary['peak_rss_gib']} GiB{gpu}, PSNR vs fp32 whole {summary['psnr_vs_fp32_whole']} dB, "
+            f"per level {summary['level_seconds']}"
         )
     return 0
 

@@ -1,5 +1,8 @@
 import json
 
+import pytest
+import torch
+
 from jobs.bench import main, synthetic_image
 
 
@@ -16,3 +19,35 @@ def test_bench_reports_speed_levels_and_memory(weights_dir, capsys):
     assert result["size"] == "160x96" and result["mode"] == "exact" and result["tiles"] == 6
     assert set(result["level_seconds"]) == {"5", "4", "3", "2", "1"}
     assert result["mp_per_s"] > 0 and result["peak_rss_gib"] > 0.05
+
+
+def test_bench_reports_psnr_against_the_fp32_whole_image(weights_dir, capsys):
+    argv = ["--size", "160x96", "--tile", "64", "--weights", str(weights_dir), "--threads", "1", "--json"]
+    assert main(argv) == 0
+    exact = json.loads(capsys.readouterr().out)
+    assert exact["precision"] == "fp32" and exact["device"] == "cpu" and exact["peak_gpu_gib"] is None
+    # Exact tiling in fp32 is the whole-image picture.
+    assert exact["psnr_vs_fp32_whole"] == "inf" or exact["psnr_vs_fp32_whole"] >= 50
+    assert main([*argv, "--precision", "bf16"]) == 0
+    bf16 = json.loads(capsys.readouterr().out)
+    assert bf16["precision"] == "bf16" and 20 < bf16["psnr_vs_fp32_whole"] < 50
+    assert main([*argv[:-1], "--precision", "fp16"]) == 0
+    assert "PSNR vs fp32 whole" in capsys.readouterr().out
+
+
+def test_bench_refuses_cuda_without_a_gpu_in_one_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert main(["--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ultrastyle bench: error: --device cuda: torch sees no CUDA GPU on this machine"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
+def test_bench_on_cuda_reports_gpu_memory_and_psnr(weights_dir, capsys):
+    assert main(["--device", "cuda", "--size", "1280x720", "--tile", "256", "--precision", "bf16",
+                 "--weights", str(weights_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["device"] != "cpu" and result["tile_batch"] == 4
+    assert result["peak_gpu_gib"] > 0 and result["psnr_vs_fp32_whole"] >= 25
+    assert set(result["level_seconds"]) == {"5", "4", "3", "2", "1"}

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from jobs.bench import psnr8
 from jobs.stylize import main
 from pipeline.cascade import style_statistics, stylize_whole
 from pipeline.engine import to_tensor
@@ -27,12 +28,6 @@ TILE = 128
 # (bf16 31.7 dB, fp16 47.3 dB; tiled the same to 0.1 dB), asserted a little under.
 MIN_PSNR = {"fp32": float("inf"), "tf32": float("inf"), "bf16": 30.0, "fp16": 45.0}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
-
-
-def psnr8(a: np.ndarray, b: np.ndarray) -> float:
-    qa, qb = np.round(np.clip(a, 0, 1) * 255), np.round(np.clip(b, 0, 1) * 255)
-    mse = float(((qa - qb) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 @pytest.fixture(autouse=True)
@@ -164,3 +159,29 @@ def test_on_a_gpu_fp32_tiled_equals_whole_and_reduced_modes_keep_their_psnr(weig
 def test_on_a_gpu_fp32_matches_the_cpu(weights_dir, crop, style_rgb, fp32_whole):
     whole, _ = _run(crop, style_rgb, load_model_set(str(weights_dir), device="cuda", precision="fp32"))
     assert psnr8(whole, fp32_whole) >= 50
+
+
+@CUDA
+def test_on_a_gpu_batched_tile_calls_give_the_pixels_of_single_calls(weights_dir, crop, style_rgb):
+    single = load_model_set(str(weights_dir), device="cuda", precision="fp32", tile_batch=1)
+    batched = load_model_set(str(weights_dir), device="cuda", precision="fp32")
+    assert batched.tile_batch > 1  # the CUDA default batches
+    np.testing.assert_allclose(_run(crop, style_rgb, batched)[1], _run(crop, style_rgb, single)[1], rtol=0, atol=2e-4)
+
+
+@CUDA
+def test_a_gpu_ray_actor_runs_fp32_with_tf32_off(weights_dir, ray_cluster):
+    import ray
+
+    from pipeline.ray_actors import ModelActor
+
+    if ray.cluster_resources().get("GPU", 0) < 1:
+        pytest.skip("the local Ray cluster sees no GPU")
+    actor = ModelActor.options(num_cpus=1, num_gpus=1).remote(str(weights_dir), name="gpu", device="cuda", threads=1,
+                                                              storage_options=None, precision="fp32")
+    try:
+        info, flags = ray.get([actor.describe.remote(), actor.tf32_flags.remote()])
+    finally:
+        ray.kill(actor)
+    assert info.device.startswith("cuda")
+    assert flags == {"cudnn": False, "matmul": False}

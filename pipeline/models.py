@@ -40,7 +40,7 @@ def load_model_set(
 
     Args:
         weights: a ``--weights`` URI, a resolved :class:`~models.WeightSet`, or ``None`` for
-            ``$ULTRASTYLE_WEIGHTS`` or the official download.
+            ``$ULTRASTYLE_WEIGHTS`` or the embedded CD 16x files.
         levels: which levels to load (default: every level the weight set has, so a bundle
             distilled for some levels stylizes with those); must all be in the weight set.
         device: where the modules live.

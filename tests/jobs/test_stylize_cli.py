@@ -17,7 +17,7 @@ def _error_line(capsys) -> str:
     return err[-1]
 
 
-def test_stylize_a_shared_photo_end_to_end(weights_dir, content_dir, style_dir, tmp_path, caplog):
+def test_stylize_a_real_photo_end_to_end(weights_dir, content_dir, style_dir, tmp_path, caplog):
     out = tmp_path / "out.png"
     rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
                "--output", str(out), "--weights", str(weights_dir), "--alpha", "0.8"])

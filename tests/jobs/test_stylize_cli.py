@@ -1,8 +1,10 @@
 """``ultrastyle stylize`` on single files: end to end, and one-line errors for bad input."""
 
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,10 +39,14 @@ def test_console_script_runs(weights_dir, content_dir, style_dir, tmp_path):
     if exe is None:
         pytest.skip("the ultrastyle console script is not installed (pip install -e .)")
     out = tmp_path / "o.jpg"
+    # The script imports the installed package: point it at this checkout (an editable install
+    # may name another one).
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [exe, "stylize", str(content_dir / "astronaut_512.jpg"), "--style", str(style_dir / "strokes_570.jpg"),
          "--output", str(out), "--weights", str(weights_dir), "--mode", "exact", "--tile", "256"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=env,
     )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size == (512, 512)

@@ -140,6 +140,15 @@ def s3_fs(s3_options):
     return s3fs.S3FileSystem(skip_instance_cache=True, **s3_options)
 
 
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A weights cache of this test's own, so no other test's downloads are found in it."""
+    from models.checkpoint import cache_dir
+
+    monkeypatch.setenv("ULTRASTYLE_CACHE", str(tmp_path / "cache"))
+    return cache_dir()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep the weights cache of every test out of the user's home."""

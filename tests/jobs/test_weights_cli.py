@@ -3,17 +3,17 @@ import shutil
 import torch
 
 from jobs.weights import main
-from models.checkpoint import cache_dir, load_state_dict
+from models.checkpoint import load_state_dict
 
 
-def test_default_is_the_embedded_set_and_verifies_without_a_download(capsys):
+def test_default_is_the_embedded_set_and_verifies_without_a_download(cache, capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert out.count(".safetensors  ") == 10 and "CHANGED" not in out
     assert out.count("not cached") == 10  # the official download set: nothing fetched
     assert main(["verify"]) == 0
     assert "cd16x: 10 ok, 0 failed" in capsys.readouterr().out
-    assert not cache_dir().exists() or not any(cache_dir().iterdir())
+    assert not cache.exists()
 
 
 def test_verify_reports_a_tampered_file(weights_dir, tmp_path, capsys):
@@ -25,7 +25,7 @@ def test_verify_reports_a_tampered_file(weights_dir, tmp_path, capsys):
     assert "5SE.safetensors  FAILED" in out and "9 ok, 1 failed" in out
 
 
-def test_pull_takes_only_the_official_files(weights_dir, tmp_path, capsys):
+def test_pull_takes_only_the_official_files(weights_dir, tmp_path, cache, capsys):
     """A folder of .pth files with the right tensors but other bytes is not the pinned release."""
     copy = tmp_path / "pth"
     copy.mkdir()
@@ -36,7 +36,7 @@ def test_pull_takes_only_the_official_files(weights_dir, tmp_path, capsys):
     assert main(["pull", "--from", str(copy)]) == 1
     err = capsys.readouterr().err.strip()
     assert "sha256 mismatch" in err and str(copy / "1SE.pth") in err and len(err.splitlines()) == 1
-    assert not any(cache_dir().iterdir())
+    assert list(cache.iterdir()) == []
 
 
 def test_pull_from_a_missing_source_is_a_one_line_error(tmp_path, capsys):

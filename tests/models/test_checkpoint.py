@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import WEIGHTS_ENV, WeightsError, cache_dir, fetch, load_state_dict, sha256_file
+from models.checkpoint import WEIGHTS_ENV, WeightsError, fetch, load_state_dict, sha256_file
 from models.weights import OFFICIAL_FILES, official_weight_set, small_decoder, small_encoder
 
 
@@ -47,13 +47,6 @@ class _Server:
             self.httpd.shutdown()
             self.httpd.server_close()
             self.thread.join()
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A cache of this test's own, so no other test's downloads are found in it."""
-    monkeypatch.setenv("ULTRASTYLE_CACHE", str(tmp_path / "cache"))
-    return cache_dir()
 
 
 @pytest.fixture

@@ -167,6 +167,7 @@ def resolve_weights(uri: str | None = None, storage_options: dict[str, Any] | No
             fs, path = url_to_fs(uri, **(storage_options or {}))
         has_card = fs.exists(path.rstrip("/") + "/card.json")
         is_dir = fs.isdir(path)
+        names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] if is_dir and not has_card else []
     except Exception as e:
         raise WeightsError(f"cannot read weights location {uri}: {type(e).__name__}: {e}") from e
     if has_card:
@@ -186,7 +187,6 @@ def resolve_weights(uri: str | None = None, storage_options: dict[str, Any] | No
             f"weights location {uri} is not a folder of {{k}}SE.pth/{{k}}SD.pth "
             "(or .safetensors) files nor a bundle"
         )
-    names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)]
     packed = not any(n.endswith(".pth") for n in names) and any(n.endswith(".safetensors") for n in names)
     return official_weight_set(uri, layout="safetensors" if packed else "flat")
 

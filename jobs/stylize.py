@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", action="append", help="style image URI (repeat for several styles)")
     p.add_argument("--output", help="output file (single image) or prefix (batch)")
     p.add_argument("--weights", help="weights folder, bundle or <publish>/latest (default: $ULTRASTYLE_WEIGHTS, "
-                   "else the official CD 16x files, downloaded once and cached)")
+                   "else the CD 16x files embedded in the package: no download)")
     p.add_argument("--alpha", type=float, default=1.0, help="style strength in [0, 1] (default 1)")
     p.add_argument("--style-size", type=int, default=None, help="resize the style's longer side to N px")
     p.add_argument("--mode", choices=MODES, default="auto",

@@ -144,7 +144,7 @@ def _shown(value: Any) -> str:
 
 def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Each setting that differs, as ``"alpha 1.0 -> 0.5"``; weight files by name
-    (``"weights 3SD 005faba27859 -> 1c0ffee12345"``)."""
+    (``"weights 3SD a69bea9a3961 -> 1c0ffee12345"``)."""
     found = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key), new.get(key)

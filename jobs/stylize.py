@@ -73,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="CPUs per model actor, also its torch threads (batch; default 1)")
     p.add_argument("--io-cpus", type=float, default=0.0,
-                   help="CPUs per read/cut and write task (batch; default 0: I/O bound, bounded by --max-in-flight)")
+                   help="CPUs per read/cut and write task (batch; default 0: I/O bound, bounded by admission)")
     p.add_argument("--max-in-flight", type=int, default=4, help="images in flight at once (batch; default 4)")
-    p.add_argument("--calls-per-worker", type=int, default=2, help="model calls queued per actor (batch; default 2)")
+    p.add_argument("--max-in-flight-mp", type=float, default=None,
+                   help="megapixels in flight at once, read from the headers (batch; default: half the cluster's "
+                   "object store at 32 bytes per pixel; a larger image runs alone)")
     p.add_argument("--retries", type=int, default=3,
                    help="actor restarts and retries of calls and tasks lost with a worker (batch; default 3)")
     p.add_argument("--progress-seconds", type=float, default=10.0,
@@ -101,11 +103,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--tile must be a positive multiple of {TILE_ALIGN}, got {args.tile}")
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
-    for name in ("max_in_flight", "calls_per_worker", "max_pixels"):
+    for name in ("max_in_flight", "max_pixels"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.max_in_flight_mp is not None and args.max_in_flight_mp <= 0:
+        raise UsageError(f"--max-in-flight-mp must be positive, got {args.max_in_flight_mp}")
     if args.cpus_per_worker <= 0 or args.progress_seconds <= 0:
         raise UsageError("--cpus-per-worker and --progress-seconds must be positive, got "
                          f"{args.cpus_per_worker} and {args.progress_seconds}")

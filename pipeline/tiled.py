@@ -11,13 +11,21 @@ WCT's statistics are global to the image, so per level k = 5..1 the tiles take t
 Halos come from :mod:`models.receptive`, so a core sees the same receptive field as in the
 whole-image run. Round B reads back the features cached in round A where they are cheap to
 keep (deep levels, few values per pixel) and re-encodes a larger region where they are not.
-The per-tile functions (:func:`encode_core`, :func:`decode_core`) are what the Ray actors run.
+The per-tile functions (:func:`tile_round_a`, :func:`tile_round_b`) are what the Ray actors run.
+
+The level loop exists once, :func:`run_levels`, and takes where the tiles run as a parameter
+(a :class:`TileExecutor`), as MONAI's ``sliding_window_inference`` takes its predictor:
+:class:`CanvasExecutor` runs them here for the CLI and the tests, and the batch job's
+executor runs the same loop on Ray actors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,24 +33,32 @@ import torch
 from models import decoder_halo, encoder_halo, level_halo
 from pipeline.canvas import Canvas, open_canvas, reflect_pad_canvas
 from pipeline.cascade import MIN_SIDE, LevelCallback, decode_transformed, encode, pad_to_multiple
-from pipeline.models import ModelSet
+from pipeline.chunks import unit_float
+from pipeline.models import CASCADE, ModelSet
 from pipeline.stats import FeatureStats, feature_stats, merge_stats
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
 from pipeline.wct import ColorTransform, whitening_coloring
 
 __all__ = [
     "FEATURE_CACHE_MAX",
+    "CanvasExecutor",
+    "ContentStats",
     "LevelGeometry",
+    "TileCallback",
+    "TileExecutor",
     "canvas_from_array",
+    "cascade_geometry",
     "decode_core",
     "encode_core",
     "level_geometry",
     "read_rgb",
+    "run_levels",
     "stylize_exact",
     "stylize_thumbnail",
     "thumbnail",
     "tile_round_a",
     "tile_round_b",
+    "tile_rounds",
 ]
 
 # Round A's features are kept for round B when they cost at most this many float32 values per
@@ -50,6 +66,10 @@ __all__ = [
 # than storing (level 1: 24 values per pixel for an encoder of one conv).
 FEATURE_CACHE_MAX = 4.0
 
+# Progress: called with the number of tile rounds just finished.
+TileCallback = Callable[[int], None]
+# A level's content statistics when they do not come from round A (thumbnail mode).
+ContentStats = Callable[[int], FeatureStats]
 
 
 @dataclass(frozen=True)
@@ -128,10 +148,9 @@ def canvas_from_array(rgb: np.ndarray, *, workdir: str | None, band: int = 256) 
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise ValueError(f"content image is {w}x{h}; the smallest side handled is {MIN_SIDE} px")
-    scale = 255.0 if rgb.dtype == np.uint8 else 1.0
     canvas = open_canvas(3, *canvas_size(h, w), workdir=workdir, name="input")
     for y in range(0, h, band):
-        rows = rgb[y : y + band].astype(np.float32) / scale
+        rows = unit_float(rgb[y : y + band])
         canvas.write(Rect(y, 0, y + rows.shape[0], w), rows.transpose(2, 0, 1))
     reflect_pad_canvas(canvas, h, w)
     return canvas
@@ -144,8 +163,9 @@ def read_rgb(canvas: Canvas, height: int, width: int) -> np.ndarray:
 
 def tile_round_a(
     canvas: Canvas, tile: Tile, encoder: torch.nn.Module, geo: LevelGeometry
-) -> tuple[FeatureStats, np.ndarray]:
-    """Round A for one tile: the core's feature statistics and its ``(C, h, w)`` features.
+) -> tuple[FeatureStats, np.ndarray | None]:
+    """Round A for one tile: the core's feature statistics, and its ``(C, h, w)`` features
+    when round B reads them back (``geo.cache_features``), else ``None``.
 
     ``canvas`` needs to hold the core grown by ``geo.encoder_halo`` (clipped to the canvas).
     """
@@ -153,7 +173,7 @@ def tile_round_a(
     region = tile.core.grow(geo.encoder_halo, bounds)
     x = torch.from_numpy(canvas.read(region))[None]
     f = encode_core(encoder, x, tile.core.relative_to(region), geo.scale)
-    return feature_stats(f), f[0].cpu().numpy()
+    return feature_stats(f), (f[0].cpu().numpy() if geo.cache_features else None)
 
 
 def tile_round_b(
@@ -183,21 +203,133 @@ def tile_round_b(
     return y[0].cpu().numpy()
 
 
-def _decode_level(
-    image: Canvas,
-    features: Canvas | None,
-    tiles: list[Tile],
-    encoder: torch.nn.Module,
-    decoder: torch.nn.Module,
-    geo: LevelGeometry,
-    transform: ColorTransform,
-    workdir: str | None,
-) -> Canvas:
-    """Round B over every tile, into a new canvas: the next level's input."""
-    out = open_canvas(3, image.height, image.width, workdir=workdir, name=f"level{geo.level}")
-    for t in tiles:
-        out.write(t.core, tile_round_b(image, features, t, encoder, decoder, geo, transform))
-    return out
+class TileExecutor(Protocol):
+    """Where a level's tiles run, and where the level's image lives between rounds.
+
+    :func:`run_levels` drives it: per level, :meth:`round_a` then :meth:`round_b`, in the
+    way :func:`monai.inferers.sliding_window_inference` drives a predictor. The executor
+    starts holding the padded input image; each :meth:`round_b` replaces it with the next
+    level's image. :class:`CanvasExecutor` runs tiles in this process on canvases; the batch
+    job's executor (:mod:`pipeline.ray_executor`) runs them on Ray actors over object refs.
+    """
+
+    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> list[FeatureStats]:
+        """Encode every tile of the current image; return each core's statistics in ``tiles``'
+        order, and keep the core's features for :meth:`round_b` when ``geo.cache_features``."""
+        ...
+
+    def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: ColorTransform, *, last: bool) -> None:
+        """Transform and decode every tile into the next level's image (``last``: the output)."""
+        ...
+
+
+def cascade_geometry(channels: Mapping[int, int]) -> list[LevelGeometry]:
+    """Geometry of each level in cascade order (5..1), from each encoder's output channels."""
+    return [level_geometry(k, channels[k]) for k in CASCADE if k in channels]
+
+
+def run_levels(
+    executor: TileExecutor,
+    tiles: Sequence[Tile],
+    geometry: Sequence[LevelGeometry],
+    style_stats: Mapping[int, FeatureStats],
+    *,
+    alpha: float = 1.0,
+    content_stats: ContentStats | None = None,
+    on_level: LevelCallback | None = None,
+) -> float:
+    """The tiled cascade's level loop, wherever the tiles run.
+
+    Per level: round A over the tiles, merge their statistics (in tile order, so every
+    executor reduces the same numbers in the same order), one transform, round B.
+
+    Args:
+        executor: runs the rounds and holds the image (see :class:`TileExecutor`).
+        tiles: from :func:`~pipeline.tiles.plan_tiles` for the image.
+        geometry: the levels to run, in order (:func:`cascade_geometry`).
+        style_stats: the style's statistics per level.
+        alpha: style strength in [0, 1].
+        content_stats: ``level -> statistics`` standing in for round A (thumbnail mode:
+            one pass per tile, round B re-encodes); ``None`` runs the exact round A.
+        on_level: called as ``on_level(level, seconds)`` after each level.
+
+    Returns:
+        Seconds spent merging statistics and building transforms (the reduction between rounds).
+    """
+    reduce_seconds = 0.0
+    for i, geo in enumerate(geometry):
+        start = time.perf_counter()
+        if content_stats is None:
+            tile_stats = executor.round_a(geo, tiles)
+            middle = time.perf_counter()
+            stats = merge_stats(tile_stats)
+        else:
+            middle = time.perf_counter()
+            stats, geo = content_stats(geo.level), dataclasses.replace(geo, cache_features=False)
+        transform = whitening_coloring(stats, style_stats[geo.level], alpha=alpha)
+        reduce_seconds += time.perf_counter() - middle
+        executor.round_b(geo, tiles, transform, last=i == len(geometry) - 1)
+        if on_level is not None:
+            on_level(geo.level, time.perf_counter() - start)
+    return reduce_seconds
+
+
+class CanvasExecutor:
+    """Runs tiles one after another in this process, each level's image on a canvas.
+
+    Args:
+        canvas: the reflect-padded input (see :func:`canvas_from_array`); read, never
+            modified or closed.
+        models: the loaded encoders/decoders.
+        workdir: folder for disk canvases (intermediate images and cached features), or
+            ``None`` to keep them in memory.
+        on_tile: called with ``1`` after each tile of each round (progress).
+    """
+
+    def __init__(
+        self, canvas: Canvas, models: ModelSet, *, workdir: str | None, on_tile: TileCallback | None = None
+    ) -> None:
+        self.image = canvas
+        self._input = canvas
+        self._models, self._workdir, self._on_tile = models, workdir, on_tile
+        self._features: Canvas | None = None
+
+    def _tick(self) -> None:
+        if self._on_tile is not None:
+            self._on_tile(1)
+
+    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> list[FeatureStats]:
+        encoder = self._models.encoders[geo.level]
+        if geo.cache_features:
+            h, w = self.image.height // geo.scale, self.image.width // geo.scale
+            self._features = open_canvas(encoder.out_channels, h, w, workdir=self._workdir, name=f"features{geo.level}")
+        stats = []
+        for t in tiles:
+            tile_stats, features = tile_round_a(self.image, t, encoder, geo)
+            stats.append(tile_stats)
+            if features is not None:
+                self._features.write(t.core.scaled(geo.scale), features)
+            self._tick()
+        return stats
+
+    def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: ColorTransform, *, last: bool) -> None:
+        image, features = self.image, self._features if geo.cache_features else None
+        encoder, decoder = self._models.encoders[geo.level], self._models.decoders[geo.level]
+        out = open_canvas(3, image.height, image.width, workdir=self._workdir, name=f"level{geo.level}")
+        for t in tiles:
+            out.write(t.core, tile_round_b(image, features, t, encoder, decoder, geo, transform))
+            self._tick()
+        if self._features is not None:
+            self._features.close()
+            self._features = None
+        if image is not self._input:
+            image.close()
+        self.image = out
+
+
+def tile_rounds(tiles: int, levels: int, *, exact: bool) -> int:
+    """Tile rounds a cascade runs: the total that progress counts :class:`TileCallback` calls against."""
+    return tiles * levels * (2 if exact else 1)
 
 
 def stylize_exact(
@@ -209,8 +341,9 @@ def stylize_exact(
     alpha: float = 1.0,
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
+    on_tile: TileCallback | None = None,
 ) -> Canvas:
-    """Run levels 5..1 tile by tile with global statistics.
+    """Run levels 5..1 tile by tile with global statistics, in this process.
 
     Args:
         canvas: the reflect-padded input (see :func:`canvas_from_array`); not modified.
@@ -221,42 +354,21 @@ def stylize_exact(
         workdir: folder for disk canvases (intermediate images and cached features), or
             ``None`` to keep them in memory.
         on_level: called as ``on_level(level, seconds)`` after each level.
+        on_tile: called with the number of tile rounds just done (progress; the total is
+            :func:`tile_rounds` with ``exact=True``).
 
     Returns:
         The output canvas (same size as ``canvas``); crop it to the image with
         :func:`read_rgb`. Equal to :func:`pipeline.cascade.stylize_whole` up to float rounding.
     """
     tiles = plan_tiles(canvas.height, canvas.width, tile=tile)
-    image = canvas
-    for level in models.levels:
-        start = time.perf_counter()
-        encoder = models.encoders[level]
-        geo = level_geometry(level, encoder.out_channels)
-        features = None
-        if geo.cache_features:
-            features = open_canvas(
-                encoder.out_channels,
-                canvas.height // geo.scale,
-                canvas.width // geo.scale,
-                workdir=workdir,
-                name=f"features{level}",
-            )
-        stats = []
-        for t in tiles:
-            tile_stats, core_features = tile_round_a(image, t, encoder, geo)
-            stats.append(tile_stats)
-            if features is not None:
-                features.write(t.core.scaled(geo.scale), core_features)
-        transform = whitening_coloring(merge_stats(stats), style_stats[level], alpha=alpha)
-        out = _decode_level(image, features, tiles, encoder, models.decoders[level], geo, transform, workdir)
-        if features is not None:
-            features.close()
-        if image is not canvas:
-            image.close()
-        image = out
-        if on_level is not None:
-            on_level(level, time.perf_counter() - start)
-    return image
+    executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile)
+    run_levels(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, on_level=on_level)
+    return executor.image
+
+
+def _model_geometry(models: ModelSet) -> list[LevelGeometry]:
+    return cascade_geometry({k: models.encoders[k].out_channels for k in models.levels})
 
 
 def thumbnail(canvas: Canvas, height: int, width: int, *, size: int = 1024, band_blocks: int = 64) -> torch.Tensor:
@@ -275,6 +387,24 @@ def thumbnail(canvas: Canvas, height: int, width: int, *, size: int = 1024, band
     return torch.from_numpy(np.concatenate(rows, axis=1))[None]
 
 
+class _ThumbnailStats:
+    """Content statistics per level from a downscaled copy run through the whole-image cascade.
+
+    Called for levels 5..1 in order: each call encodes the copy, returns its statistics and
+    advances the copy by that level's transform, as :func:`pipeline.cascade.stylize_whole` does.
+    """
+
+    def __init__(self, small: torch.Tensor, models: ModelSet, style_stats: Mapping[int, FeatureStats], alpha: float):
+        self._small, self._models, self._style, self._alpha = small, models, style_stats, alpha
+
+    def __call__(self, level: int) -> FeatureStats:
+        features = encode(self._models.encoders[level], self._small)
+        stats = feature_stats(features)
+        transform = whitening_coloring(stats, self._style[level], alpha=self._alpha)
+        self._small = decode_transformed(self._models.decoders[level], features, transform)
+        return stats
+
+
 def stylize_thumbnail(
     canvas: Canvas,
     height: int,
@@ -287,6 +417,7 @@ def stylize_thumbnail(
     thumbnail_size: int = 1024,
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
+    on_tile: TileCallback | None = None,
 ) -> Canvas:
     """Approximate tiled cascade: each level's content statistics from a downscaled copy.
 
@@ -294,22 +425,12 @@ def stylize_thumbnail(
     for the full image's, so every tile is encoded, transformed and decoded in one pass (no
     round A). Faster than :func:`stylize_exact` by the cost of round A, but the result differs
     from the whole-image one by however much the thumbnail's statistics differ (the README
-    gives the figures).
+    gives the figures). Same level loop (:func:`run_levels`) and executor as the exact mode.
     """
     tiles = plan_tiles(canvas.height, canvas.width, tile=tile)
     small = pad_to_multiple(thumbnail(canvas, height, width, size=thumbnail_size)).to(models.device)
-    image = canvas
-    for level in models.levels:
-        start = time.perf_counter()
-        encoder, decoder = models.encoders[level], models.decoders[level]
-        small_features = encode(encoder, small)
-        transform = whitening_coloring(feature_stats(small_features), style_stats[level], alpha=alpha)
-        small = decode_transformed(decoder, small_features, transform)
-        geo = level_geometry(level, encoder.out_channels)
-        out = _decode_level(image, None, tiles, encoder, decoder, geo, transform, workdir)
-        if image is not canvas:
-            image.close()
-        image = out
-        if on_level is not None:
-            on_level(level, time.perf_counter() - start)
-    return image
+    executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile)
+    stats = _ThumbnailStats(small, models, style_stats, alpha)
+    run_levels(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, content_stats=stats,
+               on_level=on_level)
+    return executor.image

@@ -60,7 +60,7 @@ def _store_used() -> int:
     """Bytes in the local object store now (plasma), from Ray's memory summary."""
     from ray._private.internal_api import memory_summary
 
-    text = memory_summary(stats_only=True)
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     for line in text.splitlines():
         if "Plasma memory usage" in line:
             return int(float(line.split("Plasma memory usage")[1].split("MiB")[0]) * 1024**2)

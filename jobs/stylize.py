@@ -115,10 +115,17 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
     style = load_style(args.style[0], models, style_size=args.style_size, storage_options=args.storage_options,
                        max_pixels=args.max_pixels)
     log.info("models %s loaded and style statistics ready in %.1f s", models.model_id, time.perf_counter() - start)
-    width, height = image_size(content, args.storage_options)
-    mode = choose_mode(args.mode, height, width, args.tile)
-    rounds = tile_rounds(len(plan_tiles(height, width, tile=args.tile)), len(models.levels), exact=mode == "exact")
     line = ProgressLine(log, seconds=args.progress_seconds)
+    progress = None
+    try:
+        width, height = image_size(content, args.storage_options)
+    except ImageError:
+        pass  # no progress to show: stylize_file refuses the input below, with the decoder's own message
+    else:
+        mode = choose_mode(args.mode, height, width, args.tile)
+        if mode != "whole":
+            tiles = len(plan_tiles(height, width, tile=args.tile))
+            progress = TileProgress(tile_rounds(tiles, len(models.levels), exact=mode == "exact"), line)
     report = stylize_file(
         content,
         args.output,
@@ -131,7 +138,7 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
         quality=args.quality,
         storage_options=args.storage_options,
         on_level=lambda level, s: log.info("level %d done in %.2f s", level, s),
-        on_tile=TileProgress(rounds, line) if mode != "whole" else None,
+        on_tile=progress,
     )
     line.close()
     total = time.perf_counter() - start

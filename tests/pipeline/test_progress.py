@@ -58,3 +58,19 @@ def test_batch_line_gives_pairs_tiles_and_megapixels():
     text = progress.text()
     assert text.startswith("pairs 3/5 (ok 1, skipped 1, failed 1), 2 in flight | tiles 12/60 | 8.29 MP, ")
     assert re.search(r"\d+\.\d{3} MP/s \| \d+ s$", text)
+
+
+def test_a_single_image_logs_tiles_and_eta(content_dir, style_dir, weights_dir, tmp_path, caplog, one_torch_thread):
+    from PIL import Image
+
+    from jobs.stylize import main
+
+    caplog.set_level(logging.INFO, logger="ultrastyle")
+    image = tmp_path / "face.png"
+    Image.open(content_dir / "portrait_420.jpg").convert("RGB").resize((200, 150)).save(image)
+    argv = [str(image), "--style", str(style_dir / "brushwork_512.jpg"), "--output", str(tmp_path / "out.png"),
+            "--weights", str(weights_dir), "--tile", "128", "--style-size", "128", "--progress-seconds", "0.01"]
+    assert main(argv) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tiles ")]
+    assert lines[-1].startswith("tiles 40/40 (100 %)")  # 2 x 2 tiles, 5 levels, 2 rounds
+    assert any(re.search(r"ETA \d+ s$", line) for line in lines)

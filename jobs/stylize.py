@@ -23,11 +23,13 @@ from pathlib import PurePosixPath
 
 from fsspec.core import url_to_fs
 
-from pipeline.engine import MODES, load_style, stylize_file
-from pipeline.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, output_format
+from pipeline.engine import MODES, choose_mode, load_style, stylize_file
+from pipeline.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, image_size, output_format
 from pipeline.models import load_model_set
 from pipeline.preflight import UsageError, check_format, check_output
-from pipeline.tiles import TILE_ALIGN
+from pipeline.progress import ProgressLine, TileProgress
+from pipeline.tiled import tile_rounds
+from pipeline.tiles import TILE_ALIGN, plan_tiles
 
 __all__ = ["build_parser", "check_args", "main"]
 
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=3,
                    help="actor restarts and retries of calls and tasks lost with a worker (batch; default 3)")
     p.add_argument("--progress-seconds", type=float, default=10.0,
-                   help="interval of the progress line (batch; default 10)")
+                   help="interval of the progress line when stderr is not a terminal (default 10)")
     return p
 
 
@@ -140,6 +142,17 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
     style = load_style(args.style[0], models, style_size=args.style_size, storage_options=args.storage_options,
                        max_pixels=args.max_pixels)
     log.info("models %s loaded and style statistics ready in %.1f s", models.model_id, time.perf_counter() - start)
+    line = ProgressLine(log, seconds=args.progress_seconds)
+    progress = None
+    try:
+        width, height = image_size(content, args.storage_options)
+    except ImageError:
+        pass  # no progress to show: stylize_file refuses the input below, with the decoder's own message
+    else:
+        mode = choose_mode(args.mode, height, width, args.tile)
+        if mode != "whole":
+            tiles = len(plan_tiles(height, width, tile=args.tile))
+            progress = TileProgress(tile_rounds(tiles, len(models.levels), exact=mode == "exact"), line)
     report = stylize_file(
         content,
         args.output,
@@ -152,7 +165,9 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
         quality=args.quality,
         storage_options=args.storage_options,
         on_level=lambda level, s: log.info("level %d done in %.2f s", level, s),
+        on_tile=progress,
     )
+    line.close()
     total = time.perf_counter() - start
     log.info(
         "wrote %s (%dx%d, %s mode, %d tiles) in %.1f s (%.3f MP/s)",

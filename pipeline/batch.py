@@ -71,6 +71,8 @@ _ONE_CALL_MODES = ("whole", "thumbnail")
 # models (level 3: its cached features, 16 B, and the next level's float32 image, 12 B, the
 # input alpha 1 B, rounded up); the README gives the measured figure.
 STORE_BYTES_PER_PIXEL = 32
+# First wait before a pair lost with a worker or node runs again (doubled at each retry).
+_RETRY_SECONDS = 2.0
 # Share of the object store the default --max-in-flight-mp plans for (the rest absorbs
 # objects not yet freed and other users of the store).
 _STORE_SHARE = 0.5
@@ -289,8 +291,10 @@ class _Job:
             except Exception as e:
                 if _lost(e) and attempt < self.settings.retries and self.pool.alive:
                     attempt += 1
-                    log.warning("%s x %s: %s; running the pair again (%d/%d)", pair.content_uri, pair.style_uri,
-                                one_line_error(e), attempt, self.settings.retries)
+                    wait = _RETRY_SECONDS * 2 ** (attempt - 1)
+                    log.warning("%s x %s: %s; running the pair again in %.0f s (%d/%d)", pair.content_uri,
+                                pair.style_uri, one_line_error(e), wait, attempt, self.settings.retries)
+                    time.sleep(wait)  # an actor being restarted elsewhere is unavailable for a while
                     continue
                 return _row(pair, "failed", result, started=started, model_id=self.model_id,
                             error=one_line_error(e))

@@ -24,7 +24,7 @@ from pipeline.models import ModelSet
 from pipeline.output import write_canvas
 from pipeline.stats import FeatureStats
 from pipeline.tiff_source import StreamedImage, is_tiff, read_tiff_canvas
-from pipeline.tiled import canvas_from_array, read_rgb, stylize_exact, stylize_thumbnail
+from pipeline.tiled import TileCallback, canvas_from_array, read_rgb, stylize_exact, stylize_thumbnail
 from pipeline.tiles import canvas_size, plan_tiles
 
 __all__ = ["MODES", "RunReport", "StyleStats", "choose_mode", "load_style", "stylize_file", "stylize_image"]
@@ -89,8 +89,10 @@ def stylize_image(
     alpha: float = 1.0,
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
+    on_tile: TileCallback | None = None,
 ) -> tuple[Canvas, RunReport]:
-    """Stylize a decoded or streamed image.
+    """Stylize a decoded or streamed image (``on_tile``: tiled modes' progress, see
+    :func:`pipeline.tiled.stylize_exact`).
 
     Returns:
         ``(canvas, report)``: the result on a canvas (crop to ``image.height`` x
@@ -109,11 +111,13 @@ def stylize_image(
         source = canvas_from_array(image.rgb, workdir=workdir) if owned else image.canvas
         if chosen == "exact":
             canvas = stylize_exact(
-                source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
+                source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
+                on_tile=on_tile,
             )
         else:
             canvas = stylize_thumbnail(
-                source, h, w, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
+                source, h, w, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
+                on_tile=on_tile,
             )
         if owned:
             source.close()
@@ -144,6 +148,7 @@ def stylize_file(
     quality: int = 95,
     storage_options: dict[str, Any] | None = None,
     on_level: LevelCallback | None = None,
+    on_tile: TileCallback | None = None,
 ) -> RunReport:
     """Read ``content_uri``, stylize it and write ``output_uri`` (alpha and ICC profile kept)."""
     with tempfile.TemporaryDirectory(prefix="ultrastyle-") as workdir:
@@ -152,7 +157,8 @@ def stylize_file(
         read_s = time.perf_counter() - start
         try:
             canvas, report = stylize_image(
-                image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
+                image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
+                on_tile=on_tile,
             )
             start = time.perf_counter()
             write_result(output_uri, canvas, image, quality=quality, storage_options=storage_options)

@@ -1,0 +1,230 @@
+"""Creative controls that keep tiled == whole: style blending, masks, colour preservation.
+
+All three are exact under tiling because each is either a change of the per-level transform
+(built once from global statistics) or a per-pixel operation:
+
+- **Blending** (``--style-weights``): the WCT paper's style interpolation,
+  ``f' = sum_i w_i (C_i W (f - mu_c) + mu_i)``, is one affine map per level with the blended
+  colouring ``(sum_i w_i C_i, sum_i w_i mu_i)`` (:func:`pipeline.wct.blend_colorings`).
+- **Masks** (``--mask``): the WCT paper's spatial control. Per level, the content statistics are
+  reduced per region (:func:`pipeline.stats.label_stats`, merged over tiles like the global
+  ones) and region ``i`` is whitened with its own statistics and coloured with style ``i``.
+  A feature cell of level ``k`` takes the label of its top-left image pixel (every
+  ``2 ** (k - 1)``-th pixel, :func:`sample_labels`): a local rule, and tile origins are
+  16-aligned, so a tile samples exactly the cells the whole image does.
+- **Colour preservation** (``--preserve-color``): luminance-only transfer. The cascade runs as
+  usual; the output keeps its luminance (Y of YCbCr, BT.601 as in JPEG) and takes the content's
+  chroma, at full resolution, pixel by pixel (:func:`keep_chroma`).
+
+A level's "style" handed to the level loop is therefore a :data:`StyleLevel`: one style's
+statistics (as before), one :class:`~pipeline.wct.Coloring` (a blend), or a tuple of them (one
+per mask label); :func:`level_transform` turns it and the content statistics into the level's
+:data:`~pipeline.wct.TransformSet`. Nothing here knows about Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from pipeline.canvas import Canvas, open_canvas, reflect_pad_canvas
+from pipeline.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size, read_image
+from pipeline.stats import FeatureStats, TileStats, feature_stats, label_stats
+from pipeline.tiles import Rect, canvas_size
+from pipeline.wct import Coloring, TransformSet, blend_colorings, coloring, whitening_coloring
+
+__all__ = [
+    "LUMA",
+    "StyleLevel",
+    "check_mask_size",
+    "keep_chroma",
+    "label_count",
+    "level_transform",
+    "mask_canvas",
+    "parse_weights",
+    "read_mask",
+    "region_labels",
+    "region_stats",
+    "sample_labels",
+    "style_levels",
+]
+
+# One level's style: one style's statistics, a blend of styles, or one colouring per mask label.
+StyleLevel = FeatureStats | Coloring | tuple[Coloring, ...]
+# BT.601 luma weights (JPEG's YCbCr): Y = LUMA . (R, G, B).
+LUMA = (0.299, 0.587, 0.114)
+
+Pixels = TypeVar("Pixels", np.ndarray, torch.Tensor)
+
+
+def parse_weights(text: str, styles: int) -> tuple[float, ...]:
+    """``"0.7,0.3"`` -> ``(0.7, 0.3)``, checked against the number of styles.
+
+    Raises:
+        ValueError: not numbers, not one per style, a negative one, or a sum that is not positive
+            (the message names ``--style-weights``).
+    """
+    try:
+        weights = tuple(float(x) for x in text.split(","))
+    except ValueError as e:
+        raise ValueError(f"--style-weights must be comma-separated numbers, got {text!r}") from e
+    if len(weights) != styles:
+        raise ValueError(f"--style-weights has {len(weights)} values for {styles} --style images: give one per style")
+    if min(weights) < 0 or not sum(weights) > 0 or not all(np.isfinite(weights)):
+        raise ValueError(f"--style-weights must be non-negative with a positive sum, got {text!r}")
+    return weights
+
+
+def style_levels(
+    styles: Sequence[Mapping[int, FeatureStats]], *, weights: Sequence[float] | None = None, masked: bool = False
+) -> dict[int, StyleLevel]:
+    """What the level loop colours with, per level, from one or more styles' statistics.
+
+    Args:
+        styles: each style's statistics per level (:func:`pipeline.cascade.style_statistics`).
+        weights: blend weights, one per style (normalised); ``None`` with one style.
+        masked: one colouring per style, picked per pixel by a mask's labels (no weights).
+
+    Returns:
+        ``level -> StyleLevel``: the one style's statistics unchanged (so the single-style
+        path computes exactly what it always did), a blended :class:`Coloring`, or a tuple of
+        colourings indexed by mask label.
+    """
+    if not styles:
+        raise ValueError("styles must not be empty")
+    levels = list(styles[0])
+    if masked:
+        if weights is not None:
+            raise ValueError("--style-weights and --mask do not go together: the mask picks one style per pixel")
+        return {k: tuple(coloring(s[k]) for s in styles) for k in levels}
+    if weights is None:
+        if len(styles) > 1:
+            raise ValueError(f"{len(styles)} styles for one output need --style-weights or --mask")
+        return dict(styles[0])
+    return {k: blend_colorings([coloring(s[k]) for s in styles], weights) for k in levels}
+
+
+def label_count(style: StyleLevel) -> int:
+    """Mask labels a level's style expects: the number of styles when masked, else 0."""
+    return len(style) if isinstance(style, tuple) else 0
+
+
+def level_transform(stats: TileStats, style: StyleLevel, *, alpha: float) -> TransformSet:
+    """A level's transform(s) from the merged content statistics (per label when masked)."""
+    if isinstance(style, tuple):
+        if not isinstance(stats, tuple) or len(stats) != len(style):
+            raise ValueError(f"a masked level needs content statistics per label ({len(style)})")
+        return tuple(whitening_coloring(c, s, alpha=alpha) for c, s in zip(stats, style, strict=True))
+    if isinstance(stats, tuple):
+        raise ValueError("content statistics per label need a style per label (a mask)")
+    return whitening_coloring(stats, style, alpha=alpha)
+
+
+def sample_labels(mask: np.ndarray | torch.Tensor, scale: int) -> torch.Tensor:
+    """Labels of a level's feature cells: the label of each cell's top-left pixel.
+
+    Args:
+        mask: ``(H, W)`` or ``(1, H, W)`` labels at image resolution (float32 or integer),
+            starting on a multiple of ``scale``.
+        scale: image pixels per feature cell, ``2 ** (level - 1)``.
+
+    Returns:
+        ``(H / scale, W / scale)`` int64 on the CPU.
+    """
+    if mask.ndim == 3:
+        mask = mask[0]
+    picked = mask[::scale, ::scale]
+    return torch.as_tensor(np.asarray(picked)).to(torch.int64)
+
+
+def region_labels(mask: Canvas | None, rect: Rect, scale: int) -> torch.Tensor | None:
+    """The labels of ``rect``'s feature cells read from a mask canvas (``None`` without one)."""
+    return None if mask is None else sample_labels(mask.read(rect), scale)
+
+
+def region_stats(features: torch.Tensor, labels: torch.Tensor | None, count: int) -> TileStats:
+    """Round A's statistics of a feature map: global, or per label when there are labels."""
+    if labels is None:
+        return feature_stats(features)
+    return label_stats(features, labels, count)
+
+
+def keep_chroma(styled: Pixels, content: Pixels) -> Pixels:
+    """Luminance-only transfer: the styled luminance with the content's chroma.
+
+    In YCbCr, keeping Cb and Cr and replacing Y adds ``Y(styled) - Y(content)`` to each of R,
+    G and B. ``styled`` is first clamped to [0, 1] (as the output is), so the whole-image and
+    the tiled paths give the same values.
+
+    Args:
+        styled, content: ``(..., 3, H, W)`` float RGB in [0, 1] (numpy or torch, same kind).
+
+    Returns:
+        ``(..., 3, H, W)`` in [0, 1].
+    """
+    styled = styled.clip(0, 1)
+
+    def luma(x: Pixels) -> Pixels:
+        return LUMA[0] * x[..., 0:1, :, :] + LUMA[1] * x[..., 1:2, :, :] + LUMA[2] * x[..., 2:3, :, :]
+
+    return (content + (luma(styled) - luma(content))).clip(0, 1)
+
+
+def check_mask_size(
+    mask_uri: str, height: int, width: int, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Refuse a mask whose size differs from the content's, from its header alone.
+
+    Raises:
+        ImageError: unreadable, or another size (the message names ``--mask``).
+    """
+    mw, mh = image_size(mask_uri, storage_options)
+    if (mw, mh) != (width, height):
+        raise ImageError(f"--mask {mask_uri} is {mw}x{mh}, the content image is {width}x{height}: they must match")
+
+
+def mask_canvas(labels: np.ndarray, *, styles: int, workdir: str | None, mask_uri: str = "mask") -> Canvas:
+    """Put ``(H, W)`` integer labels on a reflect-padded 1-channel canvas of the content's canvas size.
+
+    Raises:
+        ImageError: a label is ``styles`` or more (the message names ``--mask`` and ``--style``).
+    """
+    top = int(labels.max(initial=0))
+    if top >= styles:
+        raise ImageError(
+            f"--mask {mask_uri} has value {top} but only {styles} --style given "
+            f"(value i picks the i-th --style, counting from 0)"
+        )
+    h, w = labels.shape
+    canvas = open_canvas(1, *canvas_size(h, w), workdir=workdir, name="mask")
+    canvas.write(Rect(0, 0, h, w), labels[None].astype(np.float32))
+    reflect_pad_canvas(canvas, h, w)
+    return canvas
+
+
+def read_mask(
+    mask_uri: str,
+    *,
+    height: int,
+    width: int,
+    styles: int,
+    workdir: str | None,
+    storage_options: dict[str, Any] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Canvas:
+    """Read a label mask onto a padded canvas (see :func:`mask_canvas`).
+
+    The mask is an 8-bit greyscale image of the content's size whose grey value ``i`` picks
+    the ``i``-th style (0, 1, 2, ...); a colour image counts by its red channel.
+
+    Raises:
+        ImageError: unreadable, another size than ``height`` x ``width``, or more labels than styles.
+    """
+    check_mask_size(mask_uri, height, width, storage_options)
+    rgb = read_image(mask_uri, storage_options, max_pixels=max_pixels).rgb
+    labels = np.rint(rgb[..., 0] * 255).astype(np.int64) if rgb.dtype != np.uint8 else rgb[..., 0].astype(np.int64)
+    del rgb
+    return mask_canvas(labels, styles=styles, workdir=workdir, mask_uri=mask_uri)

@@ -40,6 +40,7 @@ __all__ = [
     "LUMA",
     "StyleLevel",
     "check_mask_size",
+    "check_weights",
     "keep_chroma",
     "label_count",
     "level_transform",
@@ -60,22 +61,30 @@ LUMA = (0.299, 0.587, 0.114)
 Pixels = TypeVar("Pixels", np.ndarray, torch.Tensor)
 
 
-def parse_weights(text: str, styles: int) -> tuple[float, ...]:
-    """``"0.7,0.3"`` -> ``(0.7, 0.3)``, checked against the number of styles.
+def parse_weights(text: str) -> tuple[float, ...]:
+    """``"0.7,0.3"`` -> ``(0.7, 0.3)`` (the ``--style-weights`` value; :func:`check_weights` checks it).
 
     Raises:
-        ValueError: not numbers, not one per style, a negative one, or a sum that is not positive
-            (the message names ``--style-weights``).
+        ValueError: not comma-separated numbers (the message names ``--style-weights``).
     """
     try:
-        weights = tuple(float(x) for x in text.split(","))
+        return tuple(float(x) for x in text.split(","))
     except ValueError as e:
         raise ValueError(f"--style-weights must be comma-separated numbers, got {text!r}") from e
+
+
+def check_weights(weights: Sequence[float], styles: int) -> None:
+    """Refuse blend weights that are not one per style, or not non-negative with a positive sum.
+
+    Raises:
+        ValueError: the first problem, in one line naming ``--style-weights``.
+    """
+    shown = ",".join(f"{w:g}" for w in weights)
     if len(weights) != styles:
-        raise ValueError(f"--style-weights has {len(weights)} values for {styles} --style images: give one per style")
-    if min(weights) < 0 or not sum(weights) > 0 or not all(np.isfinite(weights)):
-        raise ValueError(f"--style-weights must be non-negative with a positive sum, got {text!r}")
-    return weights
+        raise ValueError(f"--style-weights has {len(weights)} values ({shown}) for {styles} --style images: "
+                         "give one per style")
+    if not all(np.isfinite(weights)) or min(weights) < 0 or not sum(weights) > 0:
+        raise ValueError(f"--style-weights must be non-negative with a positive sum, got {shown}")
 
 
 def style_levels(

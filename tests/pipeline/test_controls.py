@@ -8,6 +8,7 @@ import torch
 from pipeline.canvas import MemoryCanvas
 from pipeline.cascade import stylize_whole
 from pipeline.controls import (
+    check_weights,
     keep_chroma,
     level_transform,
     mask_canvas,
@@ -241,14 +242,15 @@ def test_keep_chroma_is_per_pixel_and_clamps():
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("0.7", "has 1 values for 2"), ("0.5,0.3,0.2", "has 3 values"), ("0,0", "positive sum"),
-     ("1,-1", "non-negative"), ("a,b", "comma-separated numbers")],
+    [("0.7", "has 1 values"), ("0.5,0.3,0.2", "has 3 values"), ("0,0", "positive sum"),
+     ("1,-1", "non-negative"), ("1,nan", "non-negative"), ("a,b", "comma-separated numbers")],
 )
 def test_bad_weights_are_one_line_naming_the_flag(text, message):
     with pytest.raises(ValueError, match=message) as error:
-        parse_weights(text, 2)
+        check_weights(parse_weights(text), 2)
     assert "--style-weights" in str(error.value) and "\n" not in str(error.value)
-    assert parse_weights("0.7,0.3", 2) == (0.7, 0.3)
+    assert parse_weights("0.7,0.3") == (0.7, 0.3)
+    check_weights((0.7, 0.3), 2)
 
 
 def test_bad_masks_are_refused_before_stylizing(tmp_path, labels):

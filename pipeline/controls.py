@@ -25,6 +25,7 @@ per mask label); :func:`level_transform` turns it and the content statistics int
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 import numpy as np
@@ -38,19 +39,26 @@ from pipeline.wct import Coloring, TransformSet, blend_colorings, coloring, whit
 
 __all__ = [
     "LUMA",
+    "MASK_EXTENSION",
+    "STYLE_SEPARATOR",
     "StyleLevel",
     "check_mask_size",
     "check_weights",
+    "control_settings",
+    "join_styles",
     "keep_chroma",
     "label_count",
     "level_transform",
     "mask_canvas",
+    "mask_for",
     "parse_weights",
     "read_mask",
     "region_labels",
     "region_stats",
     "sample_labels",
+    "split_styles",
     "style_levels",
+    "style_stem",
 ]
 
 # One level's style: one style's statistics, a blend of styles, or one colouring per mask label.
@@ -59,6 +67,55 @@ StyleLevel = FeatureStats | Coloring | tuple[Coloring, ...]
 LUMA = (0.299, 0.587, 0.114)
 
 Pixels = TypeVar("Pixels", np.ndarray, torch.Tensor)
+# The batch job names an output made from several styles (a blend, or a mask's styles) by this
+# join of their URIs: the manifest's ``style_uri`` of such a pair.
+STYLE_SEPARATOR = " + "
+# The batch job's masks: ``<--mask prefix>/<content path below the input, without extension>.png``.
+MASK_EXTENSION = ".png"
+
+
+def join_styles(uris: Sequence[str]) -> str:
+    """The ``style_uri`` of an output made from several styles (one URI stays as it is)."""
+    return STYLE_SEPARATOR.join(uris)
+
+
+def split_styles(style_uri: str) -> list[str]:
+    """The style URIs behind a :func:`join_styles` value."""
+    return style_uri.split(STYLE_SEPARATOR)
+
+
+def style_stem(style_uri: str) -> str:
+    """The output name's style part: the file stem, or the stems joined by ``+`` for several styles."""
+    return "+".join(PurePosixPath(uri).stem for uri in split_styles(style_uri))
+
+
+def mask_for(content_uri: str, *, input_uri: str, mask_uri: str) -> str:
+    """The batch job's mask of a content image: same path below ``mask_uri`` as the content
+    below ``input_uri``, with the extension :data:`MASK_EXTENSION`."""
+    base = input_uri.rstrip("/") + "/"
+    relative = content_uri[len(base) :] if content_uri.startswith(base) else PurePosixPath(content_uri).name
+    return mask_uri.rstrip("/") + "/" + str(PurePosixPath(relative).with_suffix(MASK_EXTENSION))
+
+
+def control_settings(
+    *, style_weights: Sequence[float] | None = None, mask: str | None = None, preserve_color: bool = False
+) -> dict[str, Any]:
+    """The controls an output depends on, for its manifest settings (empty without any).
+
+    Args:
+        style_weights: ``--style-weights`` as given (normalised, so ``2,2`` and ``1,1`` agree).
+        mask: the mask's content digest (:func:`pipeline.fingerprint.style_digest`).
+        preserve_color: ``--preserve-color``.
+    """
+    found: dict[str, Any] = {}
+    if style_weights is not None:
+        total = float(sum(style_weights))
+        found["style_weights"] = [float(w) / total for w in style_weights]
+    if mask is not None:
+        found["mask"] = mask
+    if preserve_color:
+        found["preserve_color"] = True
+    return found
 
 
 def parse_weights(text: str) -> tuple[float, ...]:

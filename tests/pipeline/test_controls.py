@@ -9,13 +9,17 @@ from pipeline.canvas import MemoryCanvas
 from pipeline.cascade import stylize_whole
 from pipeline.controls import (
     check_weights,
+    join_styles,
     keep_chroma,
     level_transform,
     mask_canvas,
+    mask_for,
     parse_weights,
     read_mask,
     sample_labels,
+    split_styles,
     style_levels,
+    style_stem,
 )
 from pipeline.engine import load_style, stylize_image, to_tensor
 from pipeline.imageio import IMAGE_EXTENSIONS, ImageError, LoadedImage, read_image
@@ -277,3 +281,12 @@ def test_stylize_image_takes_the_controls_in_every_mode(model_set, styles, conte
         assert report.mode == mode
     assert psnr8(results["whole"], results["exact"]) >= 50
     assert isinstance(mask, MemoryCanvas)
+
+
+def test_batch_naming_of_masks_and_joined_styles():
+    assert mask_for("s3://b/in/2026/cat.jpg", input_uri="s3://b/in/", mask_uri="s3://b/masks") == (
+        "s3://b/masks/2026/cat.png")
+    assert mask_for("/data/in/cat.tif", input_uri="/data/in", mask_uri="/data/masks/") == "/data/masks/cat.png"
+    joined = join_styles(["s3://b/styles/a.jpg", "s3://b/other/b.png"])
+    assert split_styles(joined) == ["s3://b/styles/a.jpg", "s3://b/other/b.png"]
+    assert style_stem(joined) == "a+b" and style_stem("s3://b/styles/a.jpg") == "a"

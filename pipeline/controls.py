@@ -24,7 +24,7 @@ per mask label); :func:`level_transform` turns it and the content statistics int
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
@@ -258,17 +258,42 @@ def mask_canvas(labels: np.ndarray, *, styles: int, workdir: str | None, mask_ur
     Raises:
         ImageError: a label is ``styles`` or more (the message names ``--mask`` and ``--style``).
     """
-    top = int(labels.max(initial=0))
-    if top >= styles:
-        raise ImageError(
-            f"--mask {mask_uri} has value {top} but only {styles} --style given "
-            f"(value i picks the i-th --style, counting from 0)"
-        )
     h, w = labels.shape
-    canvas = open_canvas(1, *canvas_size(h, w), workdir=workdir, name="mask")
-    canvas.write(Rect(0, 0, h, w), labels[None].astype(np.float32))
-    reflect_pad_canvas(canvas, h, w)
+    return _labels_canvas(lambda y0, y1: labels[y0:y1], h, w, styles=styles, workdir=workdir, mask_uri=mask_uri)
+
+
+def _labels_canvas(
+    rows: Callable[[int, int], np.ndarray],
+    height: int,
+    width: int,
+    *,
+    styles: int,
+    workdir: str | None,
+    mask_uri: str,
+    band: int = 256,
+) -> Canvas:
+    """Copy labels onto a padded canvas a band of ``rows(y0, y1)`` at a time, checking each band."""
+    canvas = open_canvas(1, *canvas_size(height, width), workdir=workdir, name="mask")
+    try:
+        for y in range(0, height, band):
+            labels = rows(y, min(y + band, height))
+            top = int(labels.max(initial=0))
+            if top >= styles:
+                raise ImageError(
+                    f"--mask {mask_uri} has value {top} but only {styles} --style given "
+                    f"(value i picks the i-th --style, counting from 0)"
+                )
+            canvas.write(Rect(y, 0, y + labels.shape[0], width), labels[None].astype(np.float32))
+    except BaseException:
+        canvas.close()
+        raise
+    reflect_pad_canvas(canvas, height, width)
     return canvas
+
+
+def _grey_levels(values: np.ndarray) -> np.ndarray:
+    """Decoded channel values (float in [0, 1] from our readers) back to 8-bit grey levels."""
+    return values.astype(np.int64) if values.dtype == np.uint8 else np.rint(values * 255).astype(np.int64)
 
 
 def read_mask(
@@ -284,13 +309,24 @@ def read_mask(
     """Read a label mask onto a padded canvas (see :func:`mask_canvas`).
 
     The mask is an 8-bit greyscale image of the content's size whose grey value ``i`` picks
-    the ``i``-th style (0, 1, 2, ...); a colour image counts by its red channel.
+    the ``i``-th style (0, 1, 2, ...); a colour image counts by its red channel. TIFF masks
+    stream segment by segment, as TIFF content images do, and labels are copied a band at a
+    time, so a mask costs no more memory than reading its content image does.
 
     Raises:
         ImageError: unreadable, another size than ``height`` x ``width``, or more labels than styles.
     """
+    # tiff_source imports the cascade, which imports this module: import it when needed.
+    from pipeline.tiff_source import is_tiff, read_tiff_canvas
+
     check_mask_size(mask_uri, height, width, storage_options)
+    if is_tiff(mask_uri):
+        streamed = read_tiff_canvas(mask_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+        try:
+            return _labels_canvas(lambda y0, y1: _grey_levels(streamed.canvas.read(Rect(y0, 0, y1, width))[0]),
+                                  height, width, styles=styles, workdir=workdir, mask_uri=mask_uri)
+        finally:
+            streamed.close()
     rgb = read_image(mask_uri, storage_options, max_pixels=max_pixels).rgb
-    labels = np.rint(rgb[..., 0] * 255).astype(np.int64) if rgb.dtype != np.uint8 else rgb[..., 0].astype(np.int64)
-    del rgb
-    return mask_canvas(labels, styles=styles, workdir=workdir, mask_uri=mask_uri)
+    return _labels_canvas(lambda y0, y1: _grey_levels(rgb[y0:y1, :, 0]), height, width, styles=styles,
+                          workdir=workdir, mask_uri=mask_uri)

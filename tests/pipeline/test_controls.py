@@ -262,8 +262,13 @@ def test_bad_masks_are_refused_before_stylizing(tmp_path, labels):
 
     good = tmp_path / "good.png"
     Image.fromarray(labels.astype(np.uint8)).save(good)
-    canvas = read_mask(str(good), height=HEIGHT, width=WIDTH, styles=2, workdir=None)
-    assert canvas.read(Rect(0, 0, HEIGHT, WIDTH))[0].astype(np.int64).tolist() == labels.tolist()
+    tiff = tmp_path / "good.tif"
+    Image.fromarray(labels.astype(np.uint8)).save(tiff)
+    for path in (good, tiff):  # decoded whole, and streamed segment by segment
+        canvas = read_mask(str(path), height=HEIGHT, width=WIDTH, styles=2, workdir=str(tmp_path))
+        padded = np.pad(labels, ((0, canvas.height - HEIGHT), (0, canvas.width - WIDTH)), mode="reflect")
+        assert np.array_equal(canvas.read(Rect(0, 0, canvas.height, canvas.width))[0], padded)
+        canvas.close()
     with pytest.raises(ImageError, match=r"--mask .* is 264x200, the content image is 200x200"):
         read_mask(str(good), height=HEIGHT, width=HEIGHT, styles=2, workdir=None)
     with pytest.raises(ImageError, match=r"has value 1 but only 1 --style given"):

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content", default=None, help="bench this image instead of a generated one (--size ignored)")
     p.add_argument("--mode", choices=MODES, default="exact")
     p.add_argument("--tile", type=int, default=1024)
-    p.add_argument("--weights", default=None, help="weights location (default: $ULTRASTYLE_WEIGHTS or official)")
+    p.add_argument("--weights", default=None, help="weights location (default: $ULTRASTYLE_WEIGHTS or embedded)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run (default cpu)")
     p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,

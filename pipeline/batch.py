@@ -39,6 +39,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayError, RayTaskError
 
 from pipeline.chunks import intersection
+from pipeline.controls import join_styles, mask_for, split_styles, style_levels
 from pipeline.engine import StyleStats
 from pipeline.imageio import check_pixels, image_size
 from pipeline.manifest import (
@@ -71,6 +72,8 @@ _ONE_CALL_MODES = ("whole", "thumbnail")
 # models (level 3: its cached features, 16 B, and the next level's float32 image, 12 B, the
 # input alpha 1 B, rounded up); the README gives the measured figure.
 STORE_BYTES_PER_PIXEL = 32
+# First wait before a pair lost with a worker or node runs again (doubled at each retry).
+_RETRY_SECONDS = 2.0
 # Share of the object store the default --max-in-flight-mp plans for (the rest absorbs
 # objects not yet freed and other users of the store).
 _STORE_SHARE = 0.5
@@ -256,9 +259,10 @@ class _Job:
 
     # -- styles ------------------------------------------------------------------------------
 
-    def _load_styles(self, uris: Sequence[str]) -> dict[str, _Style]:
-        """Every style's statistics, computed once on the actors (in parallel)."""
-        styles = {uri: _Style(uri) for uri in dict.fromkeys(uris)}
+    def _load_styles(self, keys: Sequence[str]) -> dict[str, _Style]:
+        """Every style's statistics, computed once on the actors (in parallel), and each
+        combination of styles (``--style-weights``, ``--mask``) built from them."""
+        styles = {uri: _Style(uri) for key in dict.fromkeys(keys) for uri in split_styles(key)}
         args = self.args
 
         def load(style: _Style) -> None:
@@ -273,7 +277,19 @@ class _Job:
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(len(styles), 2 * self.pool.alive))) as ex:
             list(ex.map(load, styles.values()))
+        for key in dict.fromkeys(keys):
+            if key not in styles:
+                styles[key] = self._combine(key, [styles[uri] for uri in split_styles(key)])
         return styles
+
+    def _combine(self, key: str, parts: Sequence[_Style]) -> _Style:
+        """Several styles as one: their blend, or one colouring per mask label."""
+        failed = next((p for p in parts if p.error), None)
+        if failed is not None:
+            return _Style(key, error=failed.error)
+        levels = style_levels([p.stats for p in parts], weights=self.args.style_weights,
+                              masked=self.args.mask is not None)
+        return _Style(key, stats=levels, ref=ray.put(levels))
 
     # -- one pair ----------------------------------------------------------------------------
 
@@ -289,8 +305,10 @@ class _Job:
             except Exception as e:
                 if _lost(e) and attempt < self.settings.retries and self.pool.alive:
                     attempt += 1
-                    log.warning("%s x %s: %s; running the pair again (%d/%d)", pair.content_uri, pair.style_uri,
-                                one_line_error(e), attempt, self.settings.retries)
+                    wait = _RETRY_SECONDS * 2 ** (attempt - 1)
+                    log.warning("%s x %s: %s; running the pair again in %.0f s (%d/%d)", pair.content_uri,
+                                pair.style_uri, one_line_error(e), wait, attempt, self.settings.retries)
+                    time.sleep(wait)  # an actor being restarted elsewhere is unavailable for a while
                     continue
                 return _row(pair, "failed", result, started=started, model_id=self.model_id,
                             error=one_line_error(e))
@@ -300,7 +318,9 @@ class _Job:
         width, height = result.width, result.height
         tiles = plan_tiles(height, width, tile=args.tile)
         result.tiles = len(tiles)
-        if args.mode in _ONE_CALL_MODES or len(tiles) == 1:
+        # Creative controls run in one call too: the in-process exact engine on disk canvases,
+        # the same picture with memory bounded by the tile, but on one actor.
+        if args.mode in _ONE_CALL_MODES or len(tiles) == 1 or _has_controls(args):
             self._stylize_in_one_call(pair, style, result)
             return
         result.mode = "tiled"
@@ -342,7 +362,9 @@ class _Job:
             "stylize_file",
             (pair.content_uri, style.ref, pair.output_uri),
             {"mode": args.mode, "tile": args.tile, "alpha": args.alpha, "max_pixels": args.max_pixels,
-             "quality": args.quality},
+             "quality": args.quality, "preserve_color": args.preserve_color,
+             "mask_uri": mask_for(pair.content_uri, input_uri=args.input_uri, mask_uri=args.mask) if args.mask
+             else None},
             weight=float(result.width * result.height),
         )
         [done] = self.pool.run([call])
@@ -410,6 +432,15 @@ class _Job:
         return self.rows
 
 
+def _has_controls(args: argparse.Namespace) -> bool:
+    return args.style_weights is not None or args.mask is not None or args.preserve_color
+
+
+def _style_keys(args: argparse.Namespace) -> list[str]:
+    """One output per style, or one per content image from all styles (a blend or a mask)."""
+    return [join_styles(args.style)] if args.style_weights is not None or args.mask is not None else list(args.style)
+
+
 def _nodes() -> list[dict[str, float]]:
     """Each alive node's total resources."""
     return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
@@ -474,9 +505,16 @@ def run_batch(args: argparse.Namespace, content_uri: str) -> int:
             (:func:`~pipeline.preflight.check_batch`).
     """
     start = time.perf_counter()
+    args.input_uri = content_uri  # masks are found by their content's path below it
     contents = list_inputs(content_uri, args.storage_options, exclude_uri=args.output)
+    if args.mask is not None:  # a mask prefix inside the input holds masks, not content images
+        try:
+            masks = set(list_inputs(args.mask, args.storage_options))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"--mask {args.mask}: no such folder or prefix of masks") from e
+        contents = [c for c in contents if c not in masks]
     checks = check_batch(args)
-    pairs = plan_pairs(contents, args.style, input_uri=content_uri, output_uri=args.output, fmt=args.format)
+    pairs = plan_pairs(contents, _style_keys(args), input_uri=content_uri, output_uri=args.output, fmt=args.format)
     todo, decided = _pairs_to_run(checks.stamp(pairs, args), args)
     run_id = new_run_id()
     writer = ManifestWriter(args.output, run_id=run_id, storage_options=args.storage_options, pairs=todo)

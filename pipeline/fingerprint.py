@@ -107,6 +107,7 @@ def pair_settings(
     output_uri: str,
     code: str,
     precision: str,
+    controls: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The settings one output depends on, as a JSON-ready dict (the manifest's ``settings``).
 
@@ -118,9 +119,11 @@ def pair_settings(
         output_uri: the pair's output; its extension gives the format.
         code: :func:`code_version`.
         precision: ``--precision`` (:mod:`pipeline.precision`): the reduced modes change pixels.
+        controls: the creative controls (:func:`pipeline.controls.control_settings`); absent
+            without any, so outputs made without controls keep their fingerprint.
     """
     fmt = output_format(output_uri)
-    return {
+    settings = {
         "model_id": model_id,
         "weights": dict(sorted(weights.items())),
         "alpha": float(alpha),
@@ -132,6 +135,9 @@ def pair_settings(
         "code": code,
         "precision": precision,
     }
+    if controls:
+        settings["controls"] = dict(sorted(controls.items()))
+    return settings
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
@@ -147,7 +153,7 @@ def _shown(value: Any) -> str:
 
 def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Each setting that differs, as ``"alpha 1.0 -> 0.5"``; weight files by name
-    (``"weights 3SD 005faba27859 -> 1c0ffee12345"``)."""
+    (``"weights 3SD a69bea9a3961 -> 1c0ffee12345"``)."""
     found = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key), new.get(key)

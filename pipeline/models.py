@@ -68,7 +68,7 @@ def load_model_set(
 
     Args:
         weights: a ``--weights`` URI, a resolved :class:`~models.WeightSet`, or ``None`` for
-            ``$ULTRASTYLE_WEIGHTS`` or the official download.
+            ``$ULTRASTYLE_WEIGHTS`` or the embedded CD 16x files.
         levels: which levels to load; must all be in the weight set. By default all of
             :data:`CASCADE`, which the stylize cascade needs: a weight set without them is
             refused rather than quietly stylizing with fewer levels.

@@ -27,7 +27,7 @@ import torch
 
 from pipeline.canvas import MemoryCanvas
 from pipeline.chunks import ChunkCanvas, compact, intersection
-from pipeline.engine import Mode, RunReport, StyleStats, load_style, read_content, stylize_file
+from pipeline.engine import Mode, RunReport, StyleLevels, StyleStats, load_style, read_content, stylize_file
 from pipeline.imageio import ImageError, LoadedImage
 from pipeline.models import load_model_set
 from pipeline.output import canvas_to_uint8, write_canvas
@@ -196,7 +196,7 @@ class ModelActor:
     """Holds one weight set on one device and runs the engine's per-tile functions on it.
 
     Args:
-        weights: the ``--weights`` URI (``None``: ``$ULTRASTYLE_WEIGHTS`` or the official files).
+        weights: the ``--weights`` URI (``None``: ``$ULTRASTYLE_WEIGHTS`` or the embedded CD 16x files).
         name: the actor's name in logs and the manifest.
         device: ``cpu`` or ``cuda`` (the call site asks Ray for a GPU when it is ``cuda``).
         threads: torch intra-op threads; the CPUs Ray reserved for this actor, so that
@@ -241,7 +241,7 @@ class ModelActor:
     def stylize_file(
         self,
         content_uri: str,
-        style: StyleStats,
+        style: StyleStats | StyleLevels,
         output_uri: str,
         *,
         mode: Mode,
@@ -249,9 +249,12 @@ class ModelActor:
         alpha: float,
         max_pixels: int,
         quality: int,
+        mask_uri: str | None = None,
+        preserve_color: bool = False,
     ) -> CallInfo:
         """An image in one call that reads and writes it too (one-tile images, ``whole`` and
-        ``thumbnail`` modes).
+        ``thumbnail`` modes, and the creative controls: ``mask_uri`` with one colouring per
+        style in ``style``, ``preserve_color``).
 
         The engine keeps its intermediate images on disk canvases in a temporary folder, so
         a large image costs this actor disk, not memory.
@@ -268,6 +271,8 @@ class ModelActor:
             max_pixels=max_pixels,
             quality=quality,
             storage_options=self.storage_options,
+            mask_uri=mask_uri,
+            preserve_color=preserve_color,
         )
         return CallInfo(self.worker, time.perf_counter() - start, report=report)
 

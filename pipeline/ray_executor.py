@@ -10,7 +10,8 @@ once those are kept, the level's image is released, since round B does not read 
 :class:`ModelPool` shares the actors between the pairs' threads. Each call goes to the live
 actor with the least work outstanding (pixels sent and not yet returned), so several
 images' rounds interleave on the actors and a level's barrier in one image is filled with
-another image's tiles. Calls block their thread in ``ray.wait``; Ray's own ``ActorPool``
+another image's tiles; an actor found unavailable (being restarted after its node went away)
+gets no new calls for a while when another is up. Calls block their thread in ``ray.wait``; Ray's own ``ActorPool``
 is not thread-safe, hence this small one.
 """
 
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import ActorDiedError
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 
 from pipeline.chunks import overlapping
 from pipeline.ray_actors import CallInfo, WorkerInfo
@@ -42,6 +44,9 @@ log = logging.getLogger("ultrastyle.batch")
 MIN_CALL_PIXELS = 1 << 20
 # ... but each actor still gets this many calls per round, so the round's end stays balanced.
 CALLS_PER_ACTOR = 4
+# An actor that was unavailable (being restarted, often on another node) gets no new calls
+# for this long while another actor is available.
+UNAVAILABLE_SECONDS = 30.0
 
 
 class NoActorsError(RuntimeError):
@@ -86,6 +91,7 @@ class ModelPool:
         self.actors, self.infos = list(actors), list(infos)
         self._load = [0.0] * len(actors)
         self._alive = [True] * len(actors)
+        self._avoid_until = [0.0] * len(actors)
         self._lock = threading.Lock()
 
     @property
@@ -98,6 +104,8 @@ class ModelPool:
             live = [i for i, ok in enumerate(self._alive) if ok]
             if not live:
                 raise NoActorsError
+            now = time.monotonic()
+            live = [i for i in live if self._avoid_until[i] <= now] or live
             index = min(live, key=self._load.__getitem__)
             self._load[index] += call.weight
         method = getattr(self.actors[index], call.method).options(num_returns=call.num_returns)
@@ -143,6 +151,10 @@ class ModelPool:
                         values[i] = ray.get(ref)
                     except ActorDiedError:
                         self._retire(index)
+                        raise
+                    except ActorUnavailableError:
+                        with self._lock:
+                            self._avoid_until[index] = time.monotonic() + UNAVAILABLE_SECONDS
                         raise
                     if on_done is not None:
                         on_done(i, values[i])

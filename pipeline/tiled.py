@@ -34,10 +34,19 @@ from models import decoder_halo, encoder_halo, level_halo
 from pipeline.canvas import Canvas, open_canvas, reflect_pad_canvas
 from pipeline.cascade import MIN_SIDE, LevelCallback, decode_transformed, encode, pad_to_multiple, upload
 from pipeline.chunks import unit_float
+from pipeline.controls import (
+    StyleLevel,
+    keep_chroma,
+    label_count,
+    level_transform,
+    region_labels,
+    region_stats,
+    sample_labels,
+)
 from pipeline.models import CASCADE, ModelSet
-from pipeline.stats import FeatureStats, feature_stats, merge_stats
+from pipeline.stats import TileStats, merge_tile_stats
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
-from pipeline.wct import ColorTransform, whitening_coloring
+from pipeline.wct import TransformSet
 
 __all__ = [
     "FEATURE_CACHE_MAX",
@@ -59,6 +68,7 @@ __all__ = [
     "stylize_exact",
     "stylize_thumbnail",
     "thumbnail",
+    "thumbnail_mask",
     "tile_round_a",
     "tile_round_b",
     "tile_rounds",
@@ -72,7 +82,7 @@ FEATURE_CACHE_MAX = 4.0
 # Progress: called with the number of tile rounds just finished.
 TileCallback = Callable[[int], None]
 # A level's content statistics when they do not come from round A (thumbnail mode).
-ContentStats = Callable[[int], FeatureStats]
+ContentStats = Callable[[int], TileStats]
 
 
 @dataclass(frozen=True)
@@ -126,20 +136,25 @@ def encode_core(encoder: torch.nn.Module, region: torch.Tensor, core: Rect, scal
 
 
 def decode_core(
-    decoder: torch.nn.Module, features: torch.Tensor, transform: ColorTransform, core: Rect
+    decoder: torch.nn.Module,
+    features: torch.Tensor,
+    transform: TransformSet,
+    core: Rect,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Whiten-colour and decode a feature region, returning the core's pixels.
 
     Args:
         decoder: decoder of the level.
         features: ``(1, C, h, w)`` features of the core grown by at least the decoder halo.
-        transform: the level's global transform.
+        transform: the level's global transform (or one per mask label).
         core: the core in the region's pixel coordinates.
+        labels: ``(h, w)`` mask labels of the features, with one transform per label.
 
     Returns:
         ``(1, 3, core.height, core.width)`` float32.
     """
-    return decode_transformed(decoder, features, transform)[(..., *core.slices())]
+    return decode_transformed(decoder, features, transform, labels)[(..., *core.slices())]
 
 
 def canvas_from_array(rgb: np.ndarray, *, workdir: str | None, band: int = 256) -> Canvas:
@@ -200,9 +215,17 @@ def map_batched(
 
 
 def round_a_tiles(
-    canvas: Canvas, tiles: Sequence[Tile], encoder: torch.nn.Module, geo: LevelGeometry, *, batch: int = 1
-) -> Iterator[tuple[FeatureStats, np.ndarray | None]]:
-    """Round A for several tiles, in order: each core's feature statistics, and its ``(C, h, w)``
+    canvas: Canvas,
+    tiles: Sequence[Tile],
+    encoder: torch.nn.Module,
+    geo: LevelGeometry,
+    mask: Canvas | None = None,
+    labels: int = 0,
+    *,
+    batch: int = 1,
+) -> Iterator[tuple[TileStats, np.ndarray | None]]:
+    """Round A for several tiles, in order: each core's feature statistics (one per label,
+    ``labels`` of them, with a ``mask`` canvas holding the cores), and its ``(C, h, w)``
     features when round B reads them back (``geo.cache_features``), else ``None``.
 
     ``canvas`` needs to hold each core grown by ``geo.encoder_halo`` (clipped to the canvas).
@@ -211,15 +234,22 @@ def round_a_tiles(
     bounds = Rect(0, 0, canvas.height, canvas.width)
     regions = [(t.core, t.core.grow(geo.encoder_halo, bounds)) for t in tiles]
     calls = ((torch.from_numpy(canvas.read(r))[None], core.relative_to(r)) for core, r in regions)
-    for f in map_batched(lambda x, core: encode_core(encoder, x, core, geo.scale), calls, batch=batch):
-        yield feature_stats(f), (f[0].cpu().numpy() if geo.cache_features else None)
+    features = map_batched(lambda x, core: encode_core(encoder, x, core, geo.scale), calls, batch=batch)
+    for t, f in zip(tiles, features, strict=True):
+        stats = region_stats(f, region_labels(mask, t.core, geo.scale), labels)
+        yield stats, (f[0].cpu().numpy() if geo.cache_features else None)
 
 
 def tile_round_a(
-    canvas: Canvas, tile: Tile, encoder: torch.nn.Module, geo: LevelGeometry
-) -> tuple[FeatureStats, np.ndarray | None]:
+    canvas: Canvas,
+    tile: Tile,
+    encoder: torch.nn.Module,
+    geo: LevelGeometry,
+    mask: Canvas | None = None,
+    labels: int = 0,
+) -> tuple[TileStats, np.ndarray | None]:
     """Round A for one tile (see :func:`round_a_tiles`)."""
-    return next(round_a_tiles(canvas, [tile], encoder, geo))
+    return next(round_a_tiles(canvas, [tile], encoder, geo, mask, labels))
 
 
 def round_b_tiles(
@@ -229,7 +259,8 @@ def round_b_tiles(
     encoder: torch.nn.Module,
     decoder: torch.nn.Module,
     geo: LevelGeometry,
-    transform: ColorTransform,
+    transform: TransformSet,
+    mask: Canvas | None = None,
     *,
     batch: int = 1,
 ) -> Iterator[np.ndarray]:
@@ -237,13 +268,16 @@ def round_b_tiles(
 
     With cached ``features`` (a canvas at the level's scale holding each core grown by
     ``geo.decoder_halo``), they are transformed and decoded; without, ``canvas`` must hold
-    each core grown by ``geo.halo`` and is encoded again. Up to ``batch`` equal-size regions
+    each core grown by ``geo.halo`` and is encoded again. With one transform per label,
+    ``mask`` must hold the same regions as the features. Up to ``batch`` equal-size regions
     go through the networks at once (:func:`map_batched`).
     """
     bounds = Rect(0, 0, canvas.height, canvas.width)
     device = next(decoder.parameters()).device
+    if mask is not None:
+        batch = 1  # each tile has its own label map, which map_batched cannot stack
 
-    def calls() -> Iterator[tuple[torch.Tensor, Rect]]:
+    def calls() -> Iterator[tuple[torch.Tensor, Rect, torch.Tensor | None]]:
         for t in tiles:
             if features is not None:
                 region = t.core.grow(geo.decoder_halo, bounds)
@@ -251,10 +285,10 @@ def round_b_tiles(
             else:
                 region = t.core.grow(geo.halo, bounds)
                 x = torch.from_numpy(canvas.read(region))[None]
-            yield x, t.core.relative_to(region)
+            yield x, t.core.relative_to(region), region_labels(mask, region, geo.scale)
 
-    def run(x: torch.Tensor, core: Rect) -> torch.Tensor:
-        return decode_core(decoder, x if features is not None else encode(encoder, x), transform, core)
+    def run(x: torch.Tensor, core: Rect, labels: torch.Tensor | None) -> torch.Tensor:
+        return decode_core(decoder, x if features is not None else encode(encoder, x), transform, core, labels)
 
     for y in map_batched(run, calls(), batch=batch):
         yield y[0].cpu().numpy()
@@ -267,10 +301,11 @@ def tile_round_b(
     encoder: torch.nn.Module,
     decoder: torch.nn.Module,
     geo: LevelGeometry,
-    transform: ColorTransform,
+    transform: TransformSet,
+    mask: Canvas | None = None,
 ) -> np.ndarray:
     """Round B for one tile (see :func:`round_b_tiles`)."""
-    return next(round_b_tiles(canvas, features, [tile], encoder, decoder, geo, transform))
+    return next(round_b_tiles(canvas, features, [tile], encoder, decoder, geo, transform, mask))
 
 
 class TileExecutor(Protocol):
@@ -283,12 +318,13 @@ class TileExecutor(Protocol):
     job's executor (:mod:`pipeline.ray_executor`) runs them on Ray actors over object refs.
     """
 
-    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> list[FeatureStats]:
-        """Encode every tile of the current image; return each core's statistics in ``tiles``'
-        order, and keep the core's features for :meth:`round_b` when ``geo.cache_features``."""
+    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> list[TileStats]:
+        """Encode every tile of the current image; return each core's statistics (per mask
+        label when the executor has a mask) in ``tiles``' order, and keep the core's features
+        for :meth:`round_b` when ``geo.cache_features``."""
         ...
 
-    def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: ColorTransform, *, last: bool) -> None:
+    def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: TransformSet, *, last: bool) -> None:
         """Transform and decode every tile into the next level's image (``last``: the output)."""
         ...
 
@@ -302,7 +338,7 @@ def run_levels(
     executor: TileExecutor,
     tiles: Sequence[Tile],
     geometry: Sequence[LevelGeometry],
-    style_stats: Mapping[int, FeatureStats],
+    style_stats: Mapping[int, StyleLevel],
     *,
     alpha: float = 1.0,
     content_stats: ContentStats | None = None,
@@ -317,7 +353,8 @@ def run_levels(
         executor: runs the rounds and holds the image (see :class:`TileExecutor`).
         tiles: from :func:`~pipeline.tiles.plan_tiles` for the image.
         geometry: the levels to run, in order (:func:`cascade_geometry`).
-        style_stats: the style's statistics per level.
+        style_stats: the style's statistics per level, or per level a blend of styles or one
+            colouring per mask label (:func:`pipeline.controls.style_levels`).
         alpha: style strength in [0, 1].
         content_stats: ``level -> statistics`` standing in for round A (thumbnail mode:
             one pass per tile, round B re-encodes); ``None`` runs the exact round A.
@@ -332,11 +369,11 @@ def run_levels(
         if content_stats is None:
             tile_stats = executor.round_a(geo, tiles)
             middle = time.perf_counter()
-            stats = merge_stats(tile_stats)
+            stats = merge_tile_stats(tile_stats)
         else:
             middle = time.perf_counter()
             stats, geo = content_stats(geo.level), dataclasses.replace(geo, cache_features=False)
-        transform = whitening_coloring(stats, style_stats[geo.level], alpha=alpha)
+        transform = level_transform(stats, style_stats[geo.level], alpha=alpha)
         reduce_seconds += time.perf_counter() - middle
         executor.round_b(geo, tiles, transform, last=i == len(geometry) - 1)
         if on_level is not None:
@@ -357,28 +394,40 @@ class CanvasExecutor:
         workdir: folder for disk canvases (intermediate images and cached features), or
             ``None`` to keep them in memory.
         on_tile: called with ``1`` after each tile of each round (progress).
+        mask: labels on a canvas of the input's size (:func:`pipeline.controls.read_mask`):
+            round A returns statistics per label, ``labels`` of them.
+        preserve_color: the last round B keeps the input's chroma (:func:`pipeline.controls.keep_chroma`).
     """
 
     def __init__(
-        self, canvas: Canvas, models: ModelSet, *, workdir: str | None, on_tile: TileCallback | None = None
+        self,
+        canvas: Canvas,
+        models: ModelSet,
+        *,
+        workdir: str | None,
+        on_tile: TileCallback | None = None,
+        mask: Canvas | None = None,
+        labels: int = 0,
+        preserve_color: bool = False,
     ) -> None:
         self.image = canvas
         self._input = canvas
         self._models, self._workdir, self._on_tile = models, workdir, on_tile
         self._batch = models.tile_batch
+        self._mask, self._labels, self._preserve_color = mask, labels, preserve_color
         self._features: Canvas | None = None
 
     def _tick(self) -> None:
         if self._on_tile is not None:
             self._on_tile(1)
 
-    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> list[FeatureStats]:
+    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> list[TileStats]:
         encoder = self._models.encoders[geo.level]
         if geo.cache_features:
             h, w = self.image.height // geo.scale, self.image.width // geo.scale
             self._features = open_canvas(encoder.out_channels, h, w, workdir=self._workdir, name=f"features{geo.level}")
         stats = []
-        results = round_a_tiles(self.image, tiles, encoder, geo, batch=self._batch)
+        results = round_a_tiles(self.image, tiles, encoder, geo, self._mask, self._labels, batch=self._batch)
         for t, (tile_stats, features) in zip(tiles, results, strict=True):
             stats.append(tile_stats)
             if features is not None:
@@ -386,12 +435,14 @@ class CanvasExecutor:
             self._tick()
         return stats
 
-    def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: ColorTransform, *, last: bool) -> None:
+    def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: TransformSet, *, last: bool) -> None:
         image, features = self.image, self._features if geo.cache_features else None
         encoder, decoder = self._models.encoders[geo.level], self._models.decoders[geo.level]
         out = open_canvas(3, image.height, image.width, workdir=self._workdir, name=f"level{geo.level}")
-        cores = round_b_tiles(image, features, tiles, encoder, decoder, geo, transform, batch=self._batch)
+        cores = round_b_tiles(image, features, tiles, encoder, decoder, geo, transform, self._mask, batch=self._batch)
         for t, pixels in zip(tiles, cores, strict=True):
+            if last and self._preserve_color:
+                pixels = keep_chroma(pixels, self._input.read(t.core))
             out.write(t.core, pixels)
             self._tick()
         if self._features is not None:
@@ -409,7 +460,7 @@ def tile_rounds(tiles: int, levels: int, *, exact: bool) -> int:
 
 def stylize_exact(
     canvas: Canvas,
-    style_stats: dict[int, FeatureStats],
+    style_stats: Mapping[int, StyleLevel],
     models: ModelSet,
     *,
     tile: int = 1024,
@@ -417,12 +468,15 @@ def stylize_exact(
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
     on_tile: TileCallback | None = None,
+    mask: Canvas | None = None,
+    preserve_color: bool = False,
 ) -> Canvas:
     """Run levels 5..1 tile by tile with global statistics, in this process.
 
     Args:
         canvas: the reflect-padded input (see :func:`canvas_from_array`); not modified.
-        style_stats: from :func:`pipeline.cascade.style_statistics` with the same ``models``.
+        style_stats: from :func:`pipeline.cascade.style_statistics` with the same ``models``,
+            or from :func:`pipeline.controls.style_levels` (blends, masks).
         models: the loaded encoders/decoders.
         tile: core side in pixels (multiple of 16). Peak memory grows with its square.
         alpha: style strength in [0, 1].
@@ -431,13 +485,18 @@ def stylize_exact(
         on_level: called as ``on_level(level, seconds)`` after each level.
         on_tile: called with the number of tile rounds just done (progress; the total is
             :func:`tile_rounds` with ``exact=True``).
+        mask: mask labels on a canvas of ``canvas``' size (:func:`pipeline.controls.read_mask`),
+            with one colouring per label in ``style_stats``.
+        preserve_color: keep the content's chroma (:func:`pipeline.controls.keep_chroma`).
 
     Returns:
         The output canvas (same size as ``canvas``); crop it to the image with
         :func:`read_rgb`. Equal to :func:`pipeline.cascade.stylize_whole` up to float rounding.
     """
     tiles = plan_tiles(canvas.height, canvas.width, tile=tile)
-    executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile)
+    labels = label_count(next(iter(style_stats.values())))
+    executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile, mask=mask, labels=labels,
+                              preserve_color=preserve_color)
     run_levels(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, on_level=on_level)
     return executor.image
 
@@ -452,7 +511,7 @@ def thumbnail(canvas: Canvas, height: int, width: int, *, size: int = 1024, band
     Rows are averaged a band of blocks at a time, so the full-resolution image is never read
     whole. Returns ``(1, 3, h, w)`` float32.
     """
-    factor = max(1, -(-max(height, width) // size))
+    factor = _thumbnail_factor(height, width, size)
     th, tw = height // factor, width // factor
     rows = []
     for by in range(0, th, band_blocks):
@@ -462,6 +521,21 @@ def thumbnail(canvas: Canvas, height: int, width: int, *, size: int = 1024, band
     return torch.from_numpy(np.concatenate(rows, axis=1))[None]
 
 
+def _thumbnail_factor(height: int, width: int, size: int) -> int:
+    return max(1, -(-max(height, width) // size))
+
+
+def thumbnail_mask(mask: Canvas, height: int, width: int, *, size: int = 1024, band_blocks: int = 64) -> torch.Tensor:
+    """The labels of :func:`thumbnail`'s pixels (each block's top-left label), reflect-padded
+    like the thumbnail to a multiple of 16. Returns ``(h', w')`` int64."""
+    factor = _thumbnail_factor(height, width, size)
+    th, tw = height // factor, width // factor
+    rows = [mask.read(Rect(by * factor, 0, min(by + band_blocks, th) * factor, tw * factor))[0, ::factor, ::factor]
+            for by in range(0, th, band_blocks)]
+    labels = torch.from_numpy(np.concatenate(rows, axis=0))[None, None]
+    return pad_to_multiple(labels)[0, 0].to(torch.int64)
+
+
 class _ThumbnailStats:
     """Content statistics per level from a downscaled copy run through the whole-image cascade.
 
@@ -469,14 +543,24 @@ class _ThumbnailStats:
     advances the copy by that level's transform, as :func:`pipeline.cascade.stylize_whole` does.
     """
 
-    def __init__(self, small: torch.Tensor, models: ModelSet, style_stats: Mapping[int, FeatureStats], alpha: float):
+    def __init__(
+        self,
+        small: torch.Tensor,
+        models: ModelSet,
+        style_stats: Mapping[int, StyleLevel],
+        alpha: float,
+        mask: torch.Tensor | None = None,
+    ):
         self._small, self._models, self._style, self._alpha = small, models, style_stats, alpha
+        self._mask = mask
 
-    def __call__(self, level: int) -> FeatureStats:
+    def __call__(self, level: int) -> TileStats:
         features = encode(self._models.encoders[level], self._small)
-        stats = feature_stats(features)
-        transform = whitening_coloring(stats, self._style[level], alpha=self._alpha)
-        self._small = decode_transformed(self._models.decoders[level], features, transform)
+        style = self._style[level]
+        labels = None if self._mask is None else sample_labels(self._mask, 2 ** (level - 1))
+        stats = region_stats(features, labels, label_count(style))
+        transform = level_transform(stats, style, alpha=self._alpha)
+        self._small = decode_transformed(self._models.decoders[level], features, transform, labels)
         return stats
 
 
@@ -484,7 +568,7 @@ def stylize_thumbnail(
     canvas: Canvas,
     height: int,
     width: int,
-    style_stats: dict[int, FeatureStats],
+    style_stats: Mapping[int, StyleLevel],
     models: ModelSet,
     *,
     tile: int = 1024,
@@ -493,6 +577,8 @@ def stylize_thumbnail(
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
     on_tile: TileCallback | None = None,
+    mask: Canvas | None = None,
+    preserve_color: bool = False,
 ) -> Canvas:
     """Approximate tiled cascade: each level's content statistics from a downscaled copy.
 
@@ -500,12 +586,17 @@ def stylize_thumbnail(
     for the full image's, so every tile is encoded, transformed and decoded in one pass (no
     round A). Faster than :func:`stylize_exact` by the cost of round A, but the result differs
     from the whole-image one by however much the thumbnail's statistics differ (the README
-    gives the figures). Same level loop (:func:`run_levels`) and executor as the exact mode.
+    gives the figures). Same level loop (:func:`run_levels`) and executor as the exact mode,
+    and the same controls (``mask``, ``preserve_color``); a mask's labels are sampled onto the
+    thumbnail by the same top-left rule.
     """
     tiles = plan_tiles(canvas.height, canvas.width, tile=tile)
     small = pad_to_multiple(thumbnail(canvas, height, width, size=thumbnail_size)).to(models.device)
-    executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile)
-    stats = _ThumbnailStats(small, models, style_stats, alpha)
+    small_mask = None if mask is None else thumbnail_mask(mask, height, width, size=thumbnail_size)
+    labels = label_count(next(iter(style_stats.values())))
+    executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile, mask=mask, labels=labels,
+                              preserve_color=preserve_color)
+    stats = _ThumbnailStats(small, models, style_stats, alpha, small_mask)
     run_levels(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, content_stats=stats,
                on_level=on_level)
     return executor.image

@@ -25,9 +25,9 @@ def _error_line(capsys) -> str:
     return err[-1]
 
 
-def test_stylize_a_shared_photo_end_to_end(weights_dir, content_dir, style_dir, tmp_path, caplog):
+def test_stylize_a_real_photo_end_to_end(weights_dir, content_dir, style_dir, tmp_path, caplog):
     out = tmp_path / "out.png"
-    rc = main([str(content_dir / "portrait_420.jpg"), "--style", str(style_dir / "brushwork_512.jpg"),
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
                "--output", str(out), "--weights", str(weights_dir), "--alpha", "0.8"])
     assert rc == 0
     result = Image.open(out)
@@ -36,7 +36,7 @@ def test_stylize_a_shared_photo_end_to_end(weights_dir, content_dir, style_dir, 
     assert [m.split()[1] for m in messages if m.startswith("level")] == ["5", "4", "3", "2", "1"]
     assert any("MP/s" in m for m in messages)
     # The result is a stylized image, not a copy of the content.
-    content = np.asarray(Image.open(content_dir / "portrait_420.jpg").convert("RGB"), np.float64)
+    content = np.asarray(Image.open(content_dir / "rocket_420.jpg").convert("RGB"), np.float64)
     assert np.abs(np.asarray(result, np.float64) - content).mean() > 10
 
 
@@ -45,10 +45,14 @@ def test_console_script_runs(weights_dir, content_dir, style_dir, tmp_path):
     if exe is None:
         pytest.skip("the ultrastyle console script is not installed (pip install -e .)")
     out = tmp_path / "o.jpg"
+    # The script imports the installed package: point it at this checkout (an editable install
+    # may name another one).
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
-        [exe, "stylize", str(content_dir / "golden_gate_512.jpg"), "--style", str(style_dir / "sculpture_570.jpg"),
+        [exe, "stylize", str(content_dir / "astronaut_512.jpg"), "--style", str(style_dir / "strokes_570.jpg"),
          "--output", str(out), "--weights", str(weights_dir), "--mode", "exact", "--tile", "256"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=env,
     )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size == (512, 512)
@@ -57,7 +61,7 @@ def test_console_script_runs(weights_dir, content_dir, style_dir, tmp_path):
 
 @pytest.fixture
 def bad_inputs(tmp_path, content_dir):
-    data = (content_dir / "golden_gate_512.jpg").read_bytes()
+    data = (content_dir / "astronaut_512.jpg").read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 3])
     (tmp_path / "notes.jpg").write_text("this is a text file, not a photo\n")
     return tmp_path
@@ -74,8 +78,8 @@ def bad_inputs(tmp_path, content_dir):
 )
 def test_bad_inputs_exit_nonzero_with_one_line(bad_inputs, weights_dir, content_dir, style_dir, capsys,
                                                content, style, expected):
-    content_uri = str(content_dir / "golden_gate_512.jpg") if content == "good" else str(bad_inputs / content)
-    style_uri = str(style_dir / "brushwork_512.jpg") if style == "good" else str(bad_inputs / style)
+    content_uri = str(content_dir / "astronaut_512.jpg") if content == "good" else str(bad_inputs / content)
+    style_uri = str(style_dir / "strokes_512.jpg") if style == "good" else str(bad_inputs / style)
     rc = main([content_uri, "--style", style_uri, "--output", str(bad_inputs / "o.png"),
                "--weights", str(weights_dir)])
     assert rc == 1
@@ -87,18 +91,18 @@ def test_bad_inputs_exit_nonzero_with_one_line(bad_inputs, weights_dir, content_
 def test_wrong_weights_sha_exits_nonzero(weights_dir, content_dir, style_dir, tmp_path, capsys):
     copy = tmp_path / "weights"
     shutil.copytree(weights_dir, copy)
-    blob = bytearray((copy / "3SD.pth").read_bytes())
+    blob = bytearray((copy / "3SD.safetensors").read_bytes())
     blob[-10] ^= 0xFF
-    (copy / "3SD.pth").write_bytes(bytes(blob))
-    rc = main([str(content_dir / "portrait_420.jpg"), "--style", str(style_dir / "brushwork_512.jpg"),
+    (copy / "3SD.safetensors").write_bytes(bytes(blob))
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
                "--output", str(tmp_path / "o.png"), "--weights", str(copy)])
     assert rc == 1
     line = _error_line(capsys)
-    assert "sha256 mismatch" in line and "3SD.pth" in line and "005faba27859" in line
+    assert "sha256 mismatch" in line and "3SD.safetensors" in line and "a69bea9a3961" in line
 
 
 def test_too_many_pixels_is_refused(weights_dir, content_dir, style_dir, tmp_path, capsys):
-    rc = main([str(content_dir / "portrait_420.jpg"), "--style", str(style_dir / "brushwork_512.jpg"),
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
                "--output", str(tmp_path / "o.png"), "--weights", str(weights_dir), "--max-pixels", "100000"])
     assert rc == 1
     assert "over --max-pixels 100,000" in _error_line(capsys)
@@ -122,15 +126,15 @@ def test_help_lists_the_flags():
 )
 def test_bad_flags_are_refused_before_loading_anything(content_dir, style_dir, tmp_path, capsys, flags, message):
     # No --weights: a check that ran after loading would fail on the download instead.
-    rc = main([str(content_dir / "portrait_420.jpg"), "--style", str(style_dir / "brushwork_512.jpg"),
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
                "--output", str(tmp_path / "o.png"), *flags])
     assert rc == 2
     assert message in _error_line(capsys)
 
 
 def test_a_single_image_takes_one_style(content_dir, style_dir, tmp_path, capsys):
-    style = str(style_dir / "brushwork_512.jpg")
-    rc = main([str(content_dir / "portrait_420.jpg"), "--style", style, "--style", style,
+    style = str(style_dir / "strokes_512.jpg")
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", style, "--style", style,
                "--output", str(tmp_path / "o.png")])
     assert rc == 2
     assert "a single image takes one --style" in _error_line(capsys)
@@ -147,9 +151,9 @@ def small_batch(tmp_path, content_dir, style_dir):
     source, styles = tmp_path / "in", tmp_path / "styles"
     source.mkdir()
     styles.mkdir()
-    Image.open(content_dir / "portrait_420.jpg").convert("RGB").resize((64, 48)).save(source / "face.png")
-    Image.open(content_dir / "golden_gate_512.jpg").convert("RGB").resize((80, 64)).save(source / "gate.jpg")
-    Image.open(style_dir / "brushwork_512.jpg").convert("RGB").resize((96, 96)).save(styles / "s.jpg")
+    Image.open(content_dir / "rocket_420.jpg").convert("RGB").resize((64, 48)).save(source / "face.png")
+    Image.open(content_dir / "astronaut_512.jpg").convert("RGB").resize((80, 64)).save(source / "gate.jpg")
+    Image.open(style_dir / "strokes_512.jpg").convert("RGB").resize((96, 96)).save(styles / "s.jpg")
     return source, styles / "s.jpg", tmp_path / "out"
 
 
@@ -260,7 +264,7 @@ def test_the_single_image_cli_checks_its_output_before_anything_else(content_dir
                                                                      status, expected):
     (tmp_path / "taken").write_text("a file where the output folder should be")
     # Missing weights: a check that ran after loading them would report those instead.
-    proc = _run_cli(str(content_dir / "portrait_420.jpg"), "--style", str(style_dir / "brushwork_512.jpg"),
+    proc = _run_cli(str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
                     "--output", str(tmp_path / output), "--weights", str(tmp_path / "no-weights"))
     assert proc.returncode == status
     assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr

@@ -1,7 +1,7 @@
 """pipeline/imageio.py: every input mode to float RGB (+ alpha), clear errors, lossless atomic writes.
 
 Format fixtures are generated here with numpy/Pillow/tifffile; only the corrupt-JPEG case starts
-from a shared photo (its bytes are truncated into a temporary file).
+from a real photo (its bytes are truncated into a temporary file).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def truncated_jpeg(content_dir: Path, tmp_path_factory) -> str:
-    data = (content_dir / "golden_gate_512.jpg").read_bytes()
+    data = (content_dir / "astronaut_512.jpg").read_bytes()
     path = tmp_path_factory.mktemp("corrupt") / "truncated.jpg"
     path.write_bytes(data[: len(data) // 2])
     return str(path)

@@ -12,7 +12,7 @@ from pipeline.models import CASCADE, load_model_set
 @pytest.fixture
 def two_level_bundle(tmp_path, weights_dir) -> str:
     """A published bundle holding only levels 1 and 2 (the official files)."""
-    states = {f"{k}{t}": load_state_dict(weights_dir / f"{k}{t}.pth") for k in (1, 2) for t in ("SE", "SD")}
+    states = {f"{k}{t}": load_state_dict(weights_dir / f"{k}{t}.safetensors") for k in (1, 2) for t in ("SE", "SD")}
     card = {"widths": list(CD16X.widths), "level1_width": CD16X.level1_width, "embed_widths": list(CD16X.embed_widths)}
     return bundle.write_bundle(str(tmp_path), "two", states, card)
 

@@ -58,10 +58,10 @@ def test_weights_are_resolved_and_verified_on_the_driver(weights_dir, tmp_path):
         check_weights(str(tmp_path / "no-weights"))
     copy = tmp_path / "weights"
     shutil.copytree(weights_dir, copy)
-    blob = bytearray((copy / "3SD.pth").read_bytes())
+    blob = bytearray((copy / "3SD.safetensors").read_bytes())
     blob[-10] ^= 0xFF
-    (copy / "3SD.pth").write_bytes(bytes(blob))
-    with pytest.raises(WeightsError, match=r"sha256 mismatch for .*3SD\.pth"):
+    (copy / "3SD.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(WeightsError, match=r"sha256 mismatch for .*3SD\.safetensors"):
         check_weights(str(copy))
 
 

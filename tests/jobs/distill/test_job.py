@@ -47,8 +47,8 @@ def _check_bundle(bundle_uri: str, options, style_dir: Path, content_dir: Path) 
     weights = resolve_weights(bundle_uri, options)
     models = load_model_set(weights, levels=weights.levels[::-1], storage_options=options)
     assert models.model_id.startswith("bundle:")
-    (content,) = load_eval_images([str(content_dir / "portrait_420.jpg")], side=64)
-    (style,) = load_eval_images([str(style_dir / "sculpture_570.jpg")], side=64)
+    (content,) = load_eval_images([str(content_dir / "rocket_420.jpg")], side=64)
+    (style,) = load_eval_images([str(style_dir / "strokes_570.jpg")], side=64)
     out = stylize_whole(content, style_statistics(style, models), models)
     assert out.shape == content.shape and torch.isfinite(out).all()
     assert out.min() >= 0 and out.max() <= 1
@@ -167,9 +167,9 @@ def test_s3_checkpoints_and_a_killed_worker_resumes(
 ):
     fs = s3_fs
     fs.mkdir("distill")
-    for name in ("portrait_420.jpg", "golden_gate_512.jpg"):
+    for name in ("rocket_420.jpg", "astronaut_512.jpg"):
         fs.put(str(content_dir / name), f"distill/images/{name}")
-    fs.put(str(style_dir / "sculpture_570.jpg"), "distill/images/sculpture_570.jpg")
+    fs.put(str(style_dir / "strokes_570.jpg"), "distill/images/strokes_570.jpg")
     argv = [
         "--teacher", str(weights_dir), "--data", "s3://distill/images", "--storage", "s3://distill/runs",
         "--publish", "s3://distill/bundles", "--levels", "1", "--steps", "20", "--checkpoint-every", "5",

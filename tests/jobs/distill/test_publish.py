@@ -37,7 +37,7 @@ def modules(weights_dir):
 
 @pytest.fixture(scope="module")
 def images(content_dir):
-    return load_eval_images([str(content_dir / "portrait_420.jpg")], side=64)
+    return load_eval_images([str(content_dir / "rocket_420.jpg")], side=64)
 
 
 def _publish(publish_uri, run_id, pairs, images) -> dict[int, float]:

@@ -53,7 +53,7 @@ def cluster():
 def photos(content_dir, tmp_path_factory):
     """Four 300x200 photos (6 tiles each) from the real test images."""
     folder = tmp_path_factory.mktemp("photos")
-    names = ["astronaut_512.jpg", "rocket_420.jpg", "blossom_2048.jpg", "astronaut_512.jpg"]
+    names = ["astronaut_512.jpg", "rocket_420.jpg", "photo_mosaic_1024.jpg", "astronaut_512.jpg"]
     for i, name in enumerate(names):
         img = Image.open(content_dir / name).convert("RGB")
         img.crop((i * 20, 0, i * 20 + 360, 240)).resize((300, 200)).save(folder / f"p{i}.png")

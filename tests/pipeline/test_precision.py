@@ -40,12 +40,12 @@ def _restore_tf32():
 
 @pytest.fixture(scope="module")
 def crop(content_dir) -> np.ndarray:
-    return read_image(str(content_dir / "golden_gate_512.jpg")).rgb[: CROP[0], : CROP[1]]
+    return read_image(str(content_dir / "astronaut_512.jpg")).rgb[: CROP[0], : CROP[1]]
 
 
 @pytest.fixture(scope="module")
 def style_rgb(style_dir) -> torch.Tensor:
-    return to_tensor(read_image(str(style_dir / "brushwork_512.jpg")).rgb)
+    return to_tensor(read_image(str(style_dir / "strokes_512.jpg")).rgb)
 
 
 def _run(crop, style_rgb, models, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +93,8 @@ def test_every_mode_runs_whole_and_tiled_within_its_psnr_of_fp32(
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_the_cli_writes_an_image_in_every_mode(precision, weights_dir, content_dir, style_dir, tmp_path):
     src, out = tmp_path / "in.png", tmp_path / "out.png"
-    Image.open(content_dir / "portrait_420.jpg").convert("RGB").crop((0, 0, 128, 96)).save(src)
-    rc = main([str(src), "--style", str(style_dir / "brushwork_512.jpg"), "--output", str(out), "--weights",
+    Image.open(content_dir / "rocket_420.jpg").convert("RGB").crop((0, 0, 128, 96)).save(src)
+    rc = main([str(src), "--style", str(style_dir / "strokes_512.jpg"), "--output", str(out), "--weights",
                str(weights_dir), "--style-size", "128", "--precision", precision])
     assert rc == 0
     assert Image.open(out).size == (128, 96)

@@ -133,7 +133,7 @@ def test_thumbnail_mode_is_close_to_whole_but_not_exact(model_set, style, conten
 
 
 def _level_input(model_set, style, content_dir, level):
-    rgb = read_image(str(content_dir / "golden_gate_512.jpg")).rgb[:400, :432]
+    rgb = read_image(str(content_dir / "astronaut_512.jpg")).rgb[:400, :432]
     return MemoryCanvas(_level_inputs(model_set, style, rgb)[level][0].numpy().copy())
 
 
@@ -194,7 +194,7 @@ def test_map_batched_stacks_equal_calls_and_keeps_order(model_set):
 
 
 def test_exact_tiling_with_batched_calls_equals_one_tile_per_call(model_set, style, content_dir):
-    rgb = read_image(str(content_dir / "portrait_420.jpg")).rgb[:300, :420]
+    rgb = read_image(str(content_dir / "rocket_420.jpg")).rgb[:300, :420]
     one = read_rgb(stylize_exact(canvas_from_array(rgb, workdir=None), style, model_set, tile=96), 300, 420)
     batched = dataclasses.replace(model_set, tile_batch=3)
     three = read_rgb(stylize_exact(canvas_from_array(rgb, workdir=None), style, batched, tile=96), 300, 420)

@@ -31,7 +31,7 @@ from pipeline.engine import Mode, RunReport, StyleLevels, StyleStats, load_style
 from pipeline.imageio import ImageError, LoadedImage
 from pipeline.models import load_model_set
 from pipeline.output import canvas_to_uint8, write_canvas
-from pipeline.precision import Precision, tf32_flags
+from pipeline.precision import DEFAULT_PRECISION, Precision, tf32_flags
 from pipeline.stats import FeatureStats
 from pipeline.tiled import canvas_from_array, level_geometry, round_a_tiles, round_b_tiles
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
@@ -214,7 +214,7 @@ class ModelActor:
         device: str,
         threads: int,
         storage_options: dict[str, Any] | None,
-        precision: Precision,
+        precision: Precision = DEFAULT_PRECISION,
     ) -> None:
         torch.set_num_threads(threads)
         self.models = load_model_set(weights, device=device, storage_options=storage_options, precision=precision)

@@ -24,7 +24,6 @@ import numpy as np
 import ray
 import torch
 
-from pipeline.canvas import MemoryCanvas
 from pipeline.chunks import ChunkCanvas, intersection
 from pipeline.engine import (
     Mode,
@@ -40,8 +39,7 @@ from pipeline.imageio import LoadedImage
 from pipeline.models import load_model_set
 from pipeline.output import write_canvas
 from pipeline.stats import FeatureStats
-from pipeline.tiff_source import StreamedImage
-from pipeline.tiled import canvas_from_array, level_geometry, read_rgb, tile_round_a, tile_round_b
+from pipeline.tiled import level_geometry, read_rgb, tile_round_a, tile_round_b
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
 from pipeline.wct import ColorTransform
 
@@ -123,8 +121,8 @@ def cut_image(
     Yields an :class:`ImageHeader`, then either the :class:`~pipeline.imageio.LoadedImage`
     (``header.one_call``) or, per core of the reflect-padded canvas, its ``(3, h, w)``
     float32 pixels in [0, 1] and its alpha when the image has one. The image goes through
-    :func:`~pipeline.engine.read_content` onto a disk canvas (TIFFs segment by segment), so
-    this task holds at most the decoded image and one core at a time.
+    :func:`~pipeline.engine.read_content` onto a disk canvas a strip at a time, so this task
+    holds one strip, then one core, at a time.
 
     Raises:
         ImageError: the input is missing, not an image, corrupt, or over ``max_pixels``.
@@ -136,20 +134,15 @@ def cut_image(
         bounds = Rect(0, 0, h, w)
         cores = [t.core for t in plan_tiles(h, w, tile=tile)]
         one_call = len(cores) == 1
-        if one_call and isinstance(image, StreamedImage):
-            alpha = None if image.alpha is None else image.alpha.read(bounds)[0]
-            streamed, image = image, LoadedImage(read_rgb(image.canvas, h, w), alpha, image.icc_profile, image.format)
-            streamed.close()
         seconds = time.perf_counter() - start
         yield ImageHeader(w, h, one_call, len(cores), image.alpha is not None, image.icc_profile, seconds)
         if one_call:
-            yield image
+            alpha = None if image.alpha is None else image.alpha.read(bounds)[0]
+            loaded = LoadedImage(read_rgb(image.canvas, h, w), alpha, image.icc_profile, image.format)
+            image.close()
+            yield loaded
             return
-        if isinstance(image, LoadedImage):
-            canvas = canvas_from_array(image.rgb, workdir=workdir)
-            alpha = None if image.alpha is None else MemoryCanvas(image.alpha[None])
-        else:
-            canvas, alpha = image.canvas, image.alpha
+        canvas, alpha = image.canvas, image.alpha
         del image
         try:
             for core in cores:

@@ -30,6 +30,7 @@ import pyvips
 from fsspec.core import url_to_fs
 
 from pipeline.canvas import Canvas, open_canvas, reflect_pad_canvas
+from pipeline.deepzoom import viewer_page
 from pipeline.tiles import Rect, canvas_size
 
 __all__ = [
@@ -75,6 +76,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp",
 OUTPUT_LIMITS = {
     "JPEG": 65_535, "WEBP": 16_383, "PNG": 2**31 - 1, "TIFF": 2**32 - 1, "PTIF": 2**32 - 1, "DZI": 2**31 - 1
 }
+# DeepZoom tile side and overlap (the format's customary 254 + 1 + 1 = 256).
+DZ_TILE, DZ_OVERLAP = 254, 1
 # Rows decoded per strip by read_canvas: a few MB for a 12000-px-wide image.
 STRIP_ROWS = 128
 # libvips format of the decoded samples -> canvas dtype.
@@ -404,9 +407,10 @@ def save_vips(image: pyvips.Image, path: str, fmt: str, *, quality: int = 95) ->
 
     JPEG and WebP take ``quality``; PNG and TIFF are lossless (deflate); TIFF is tiled
     BigTIFF, PTIF the same with a pyramid of halved levels, DZI a DeepZoom folder of 256-px
-    JPEG tiles beside ``path``. Alpha is dropped for JPEG.
+    JPEG tiles beside ``path`` with a viewer page ``name.html`` (:mod:`pipeline.deepzoom`).
+    Alpha is dropped for JPEG (and DeepZoom tiles).
     """
-    if fmt == "JPEG" and image.hasalpha():
+    if fmt in ("JPEG", "DZI") and image.hasalpha():
         image = image.extract_band(0, n=image.bands - 1)
     if fmt == "JPEG":
         image.jpegsave(path, Q=quality, optimize_coding=True)
@@ -421,7 +425,11 @@ def save_vips(image: pyvips.Image, path: str, fmt: str, *, quality: int = 95) ->
         )
     else:
         base = path[: -len(".dzi")] if path.endswith(".dzi") else path
-        image.dzsave(base, layout="dz", tile_size=254, overlap=1, suffix=f".jpg[Q={quality}]")
+        image.dzsave(base, layout="dz", tile_size=DZ_TILE, overlap=DZ_OVERLAP, suffix=f".jpg[Q={quality}]")
+        page = viewer_page(os.path.basename(base), image.width, image.height, tile=DZ_TILE, overlap=DZ_OVERLAP,
+                           suffix="jpg")
+        with open(base + ".html", "w", encoding="utf-8") as f:
+            f.write(page)
 
 
 def encode_image(

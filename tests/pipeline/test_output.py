@@ -97,3 +97,47 @@ def test_s3_output(s3_fs, s3_options, canvas):
     with Image.open(io.BytesIO(s3_fs.cat_file("output/x/a.png"))) as img:
         np.testing.assert_array_equal(np.asarray(img), _expected(canvas, 300, 530))
     assert s3_fs.ls("output/x") == ["output/x/a.png"]
+
+
+@pytest.fixture(scope="module")
+def photo_canvas():
+    from skimage import data
+
+    photo = data.astronaut()[:, :500].astype(np.float32) / 255  # 512 x 500
+    return MemoryCanvas(np.ascontiguousarray(photo.transpose(2, 0, 1)))
+
+
+def test_pyramidal_tiff_has_halved_levels(tmp_path, photo_canvas):
+    write_canvas(str(tmp_path / "z.ptif"), photo_canvas, 512, 500)
+    with tifffile.TiffFile(tmp_path / "z.ptif") as tif:
+        shapes = [page.shape[:2] for page in tif.pages]
+        assert all(page.is_tiled for page in tif.pages)
+        full = tif.pages[0].asarray()
+    assert shapes == [(512, 500), (256, 250)]  # libvips halves down to one 256-px tile
+    np.testing.assert_array_equal(full, _expected(photo_canvas, 512, 500))
+
+
+def test_deepzoom_output_with_its_viewer_page(tmp_path, photo_canvas):
+    write_canvas(str(tmp_path / "out" / "z.dzi"), photo_canvas, 512, 500, quality=95)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["z.dzi", "z.html", "z_files"]
+    dzi = (out / "z.dzi").read_text()
+    assert 'Width="500"' in dzi and 'Height="512"' in dzi and 'TileSize="254"' in dzi
+    levels = sorted(int(p.name) for p in (out / "z_files").iterdir() if p.is_dir())
+    assert levels == list(range(10))  # 1x1 up to 512 px: ceil(log2(512)) + 1 levels
+    with Image.open(out / "z_files" / "0" / "0_0.jpg") as img:
+        assert img.size == (1, 1)
+    # The full-resolution top-left tile is the image's corner (254 px + 1 px overlap).
+    with Image.open(out / "z_files" / "9" / "0_0.jpg") as img:
+        assert img.size == (255, 255)
+        corner = np.asarray(img, np.float64)
+    assert np.abs(corner - _expected(photo_canvas, 255, 255)).mean() < 3
+    page = (out / "z.html").read_text()
+    assert '"url": "z_files/"' in page and '"width": 500' in page
+
+
+def test_deepzoom_to_s3(s3_fs, s3_options, photo_canvas):
+    s3_fs.mkdir("zoom")
+    write_canvas("s3://zoom/a/z.dzi", photo_canvas, 512, 500, storage_options=s3_options)
+    assert sorted(s3_fs.ls("zoom/a")) == ["zoom/a/z.dzi", "zoom/a/z.html", "zoom/a/z_files"]
+    assert s3_fs.exists("zoom/a/z_files/9/1_1.jpg")

@@ -413,7 +413,7 @@ def save_vips(image: pyvips.Image, path: str, fmt: str, *, quality: int = 95) ->
     if fmt in ("JPEG", "DZI") and image.hasalpha():
         image = image.extract_band(0, n=image.bands - 1)
     if fmt == "JPEG":
-        image.jpegsave(path, Q=quality, optimize_coding=True)
+        image.jpegsave(path, Q=quality)
     elif fmt == "WEBP":
         image.webpsave(path, Q=quality)
     elif fmt == "PNG":

@@ -157,8 +157,10 @@ class StreamedImage:
 
 
 def _one_line(error: Exception) -> str:
+    """libvips' error log as one line, without pyvips' own "unable to ..." wrappers."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return "; ".join(dict.fromkeys(lines))[:300] or type(error).__name__
+    detail = [line for line in lines if not line.startswith("unable to ")] or lines
+    return "; ".join(dict.fromkeys(detail))[:300] or type(error).__name__
 
 
 def _is_local(fs: Any) -> bool:
@@ -187,7 +189,7 @@ def _open_vips(uri: str, storage_options: dict[str, Any] | None, access: str) ->
     except FileNotFoundError as e:
         raise ImageError(f"no such file: {uri}") from e
     except pyvips.Error as e:
-        raise ImageError(f"{uri} is not a readable image: {_one_line(e)}") from e
+        raise ImageError(f"{uri} is not an image libvips can read: {_one_line(e)}") from e
 
 
 def _orientation(image: pyvips.Image) -> int:

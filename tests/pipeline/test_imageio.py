@@ -102,21 +102,13 @@ def _tifffile(name: str, mode: str = "RGB", array: Callable[[], np.ndarray] = la
     return make
 
 
-def _p3(ext: str):
+def _with_profile(name: str, ext: str):
+    """The photo converted by libvips to its built-in ``p3`` (RGB) or ``cmyk`` profile, embedded."""
+
     def make(folder: Path) -> tuple[Path, np.ndarray]:
-        _, p3 = _vips_profile("p3")
-        path = folder / f"p3{ext}"
-        Image.fromarray(PHOTO).save(path, icc_profile=p3, **({"quality": 95} if ext == ".jpg" else {}))
-        return path, _pillow_icc(path, p3)
-
-    return make
-
-
-def _cmyk_with_profile(ext: str):
-    def make(folder: Path) -> tuple[Path, np.ndarray]:
-        cmyk, profile = _vips_profile("cmyk")
-        path = folder / f"cmyk_icc{ext}"
-        cmyk.write_to_file(str(path), **({"Q": 95} if ext == ".jpg" else {}))
+        image, profile = _vips_profile(name)
+        path = folder / f"{name}{ext}"
+        image.write_to_file(str(path), **({"Q": 95} if ext == ".jpg" else {}))
         return path, _pillow_icc(path, profile)
 
     return make
@@ -178,8 +170,8 @@ KINDS = {
     "jpeg_progressive": (_save("pp.jpg", lambda: Image.fromarray(PHOTO), quality=90, progressive=True), np.uint8),
     "jpeg_grey": (_save("g.jpg", lambda: Image.fromarray(_grey()), quality=90), np.uint8),
     "jpeg_cmyk": (_save("c.jpg", lambda: Image.fromarray(PHOTO).convert("CMYK"), quality=95), np.uint8),
-    "jpeg_cmyk_icc": (_cmyk_with_profile(".jpg"), np.uint8),
-    "jpeg_p3_icc": (_p3(".jpg"), np.uint8),
+    "jpeg_cmyk_icc": (_with_profile("cmyk", ".jpg"), np.uint8),
+    "jpeg_p3_icc": (_with_profile("p3", ".jpg"), np.uint8),
     "jpeg_exif_3": (_orientation(3, ".jpg"), np.uint8),
     "jpeg_exif_6": (_orientation(6, ".jpg"), np.uint8),
     "jpeg_exif_8": (_orientation(8, ".jpg"), np.uint8),
@@ -194,7 +186,7 @@ KINDS = {
     "png_16bit": (_rgb16(".png"), np.uint16),
     "png_16bit_alpha": (_rgb16(".png", alpha=True), np.uint16),
     "png_16bit_grey": (_grey16, np.uint16),
-    "png_p3_icc": (_p3(".png"), np.uint8),
+    "png_p3_icc": (_with_profile("p3", ".png"), np.uint8),
     "webp": (_save("p.webp", lambda: Image.fromarray(PHOTO), quality=90), np.uint8),
     "webp_rgba_lossless": (_save("a.webp", _rgba_photo, "RGBA", lossless=True), np.uint8),
     "gif_animated": (_animated_gif, np.uint8),
@@ -209,8 +201,8 @@ KINDS = {
     "tiff_min_is_white": (_tifffile("w.tif", array=lambda: 255 - _grey(), photometric="miniswhite"), np.uint8),
     "tiff_palette": (_save("pal.tif", lambda: Image.fromarray(PHOTO).quantize(64)), np.uint8),
     "tiff_cmyk": (_save("c.tif", lambda: Image.fromarray(PHOTO).convert("CMYK")), np.uint8),
-    "tiff_cmyk_icc": (_cmyk_with_profile(".tif"), np.uint8),
-    "tiff_p3_icc": (_p3(".tif"), np.uint8),
+    "tiff_cmyk_icc": (_with_profile("cmyk", ".tif"), np.uint8),
+    "tiff_p3_icc": (_with_profile("p3", ".tif"), np.uint8),
     "tiff_orientation_6": (_orientation(6, ".tif"), np.uint8),
 }
 
@@ -259,8 +251,8 @@ def test_canvas_matches_pillow_in_the_files_depth(kind, tmp_path: Path) -> None:
 
 def test_rgb_profile_is_kept_for_the_output_and_others_are_not(tmp_path: Path) -> None:
     _, p3 = _vips_profile("p3")
-    p3_path, _ = _p3(".png")(tmp_path)
-    cmyk_path, _ = _cmyk_with_profile(".tif")(tmp_path)
+    p3_path, _ = _with_profile("p3", ".png")(tmp_path)
+    cmyk_path, _ = _with_profile("cmyk", ".tif")(tmp_path)
     assert read_image(str(p3_path)).icc_profile == p3
     assert read_image(str(cmyk_path)).icc_profile is None  # the output is RGB: a CMYK profile cannot describe it
 
@@ -320,7 +312,7 @@ def test_corrupt_png(tmp_path: Path) -> None:
 def test_text_named_jpg(tmp_path: Path) -> None:
     path = tmp_path / "notes.jpg"
     path.write_text("these are not pixels\nsecond line\n")
-    assert "not a readable image" in _one_line_error(str(path))
+    assert "not an image" in _one_line_error(str(path))
 
 
 def test_missing_file(tmp_path: Path) -> None:

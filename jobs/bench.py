@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="3840x2160", help="WxH of the generated content image")
     p.add_argument("--mode", choices=MODES, default="exact")
     p.add_argument("--tile", type=int, default=1024)
-    p.add_argument("--weights", default=None, help="weights location (default: $ULTRASTYLE_WEIGHTS or official)")
+    p.add_argument("--weights", default=None, help="weights location (default: $ULTRASTYLE_WEIGHTS or embedded)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p

@@ -14,7 +14,7 @@ __all__ = ["SUBCOMMANDS", "main"]
 SUBCOMMANDS = {
     "stylize": "stylize images (one file, or every image under a prefix as a Ray batch job)",
     "distill": "distil small encoders/decoders on Ray Train",
-    "weights": "pull, verify or list model weights",
+    "weights": "list, verify, pull or pack model weights",
     "bench": "measure megapixels per second and peak memory of the cascade",
 }
 

@@ -6,6 +6,10 @@
   (``ray job submit -- python -m jobs.stylize ...`` on a cluster; a local Ray without one).
 - With no arguments it runs the embedded default: the project's sample images under
   ``./ultrastyle-samples``, output to ``./ultrastyle-out``, on a local Ray.
+
+An expected failure (a bad flag, a missing file, an unwritable output, weights that do not
+verify) is one line on stderr, ``ultrastyle stylize: error: ...``, and exit status 2 for a bad
+flag, 1 otherwise; it is found before any pixel is stylized.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from pathlib import PurePosixPath
 from fsspec.core import url_to_fs
 
 from pipeline.engine import MODES, load_style, stylize_file
-from pipeline.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError
+from pipeline.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, output_format
 from pipeline.models import load_model_set
+from pipeline.preflight import UsageError, check_format, check_output
 from pipeline.tiles import TILE_ALIGN
 
 __all__ = ["build_parser", "check_args", "main"]
@@ -30,16 +35,24 @@ log = logging.getLogger("ultrastyle")
 
 SAMPLES_DIR = "ultrastyle-samples"
 DEFAULT_OUTPUT = "ultrastyle-out"
+PROG = "ultrastyle stylize"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ultrastyle stylize", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("content", nargs="?", help="content image or prefix (same as --input)")
     p.add_argument("--input", help="content image, folder or prefix (any fsspec URI)")
     p.add_argument("--style", action="append", help="style image URI (repeat for several styles)")
     p.add_argument("--output", help="output file (single image) or prefix (batch)")
     p.add_argument("--weights", help="weights folder, bundle or <publish>/latest (default: $ULTRASTYLE_WEIGHTS, "
-                   "else the official CD 16x files, downloaded once and cached)")
+                   "else the CD 16x files embedded in the package: no download)")
     p.add_argument("--alpha", type=float, default=1.0, help="style strength in [0, 1] (default 1)")
     p.add_argument("--style-size", type=int, default=None, help="resize the style's longer side to N px")
     p.add_argument("--mode", choices=MODES, default="auto",
@@ -51,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-options", type=json.loads, default=None,
                    help='JSON passed to fsspec, e.g. \'{"client_kwargs": {"endpoint_url": "http://..."}}\'')
     p.add_argument("--format", default=None, help="batch output extension (default: the input's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="batch: redo every pair, also those an earlier run finished with the same settings")
     p.add_argument("--workers", type=int, default=None,
                    help="model actors (batch; default: one per GPU, else one per --cpus-per-worker CPUs)")
     p.add_argument("--gpus-per-worker", type=float, default=None,
@@ -69,28 +84,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse bad flags before loading models, listing inputs or starting Ray (each error names its flag)."""
+    """Refuse bad flags before loading models, listing inputs or starting Ray (each error names its flag).
+
+    Raises:
+        UsageError: the first bad flag found.
+    """
+    if not args.style:
+        raise UsageError("--style is required")
     if not args.output:
-        raise ValueError("--output is required (an image file, or an output prefix for a batch)")
+        raise UsageError("--output is required (an image file, or an output prefix for a batch)")
     if args.style_size is not None and args.style_size < 1:
-        raise ValueError(f"--style-size must be at least 1, got {args.style_size}")
+        raise UsageError(f"--style-size must be at least 1, got {args.style_size}")
     if not 1 <= args.quality <= 100:
-        raise ValueError(f"--quality must be in [1, 100], got {args.quality}")
+        raise UsageError(f"--quality must be in [1, 100], got {args.quality}")
     if args.tile <= 0 or args.tile % TILE_ALIGN:
-        raise ValueError(f"--tile must be a positive multiple of {TILE_ALIGN}, got {args.tile}")
+        raise UsageError(f"--tile must be a positive multiple of {TILE_ALIGN}, got {args.tile}")
     if not 0.0 <= args.alpha <= 1.0:
-        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
+        raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
     for name in ("max_in_flight", "calls_per_worker", "max_pixels"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.cpus_per_worker <= 0 or args.progress_seconds <= 0:
-        raise ValueError("--cpus-per-worker and --progress-seconds must be positive, got "
+        raise UsageError("--cpus-per-worker and --progress-seconds must be positive, got "
                          f"{args.cpus_per_worker} and {args.progress_seconds}")
     if args.io_cpus < 0 or args.retries < 0 or (args.gpus_per_worker or 0) < 0:
-        raise ValueError("--io-cpus, --retries and --gpus-per-worker cannot be negative, got "
+        raise UsageError("--io-cpus, --retries and --gpus-per-worker cannot be negative, got "
                          f"{args.io_cpus}, {args.retries} and {args.gpus_per_worker}")
+    check_format(args.format)
 
 
 def _is_single(uri: str, storage_options: dict | None) -> bool:
@@ -103,7 +125,12 @@ def _is_single(uri: str, storage_options: dict | None) -> bool:
 
 def _run_single(args: argparse.Namespace, content: str) -> int:
     if len(args.style) > 1:
-        raise ValueError("a single image takes one --style; give an input folder or prefix for several styles")
+        raise UsageError("a single image takes one --style; give an input folder or prefix for several styles")
+    try:
+        output_format(args.output)
+    except ImageError as e:
+        raise UsageError(f"--output {e}") from e
+    check_output(args.output, args.storage_options, folder=False)
     start = time.perf_counter()
     models = load_model_set(args.weights, storage_options=args.storage_options)
     style = load_style(args.style[0], models, style_size=args.style_size, storage_options=args.storage_options,
@@ -150,16 +177,14 @@ def main(argv: list[str] | None = None) -> int:
             content, args.style = str(content_dir), [str(style_dir / "strokes.png")]
             args.output = args.output or DEFAULT_OUTPUT
             log.info("no --input: stylizing the sample images in %s into %s", SAMPLES_DIR, args.output)
-        if not args.style:
-            raise ValueError("--style is required")
         check_args(args)
         if _is_single(content, args.storage_options):
             return _run_single(args, content)
         return _run_batch(args, content)
     except (ImageError, ValueError, OSError, RuntimeError) as e:  # WeightsError is a RuntimeError
         message = " ".join(str(e).split()) or type(e).__name__  # one line, however the library wrapped it
-        print(f"ultrastyle stylize: error: {message}", file=sys.stderr)
-        return 1
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Fetching checkpoint files from any fsspec URI, verified by sha256 and cached by digest.
 
+A checkpoint is a torch file (loaded with ``weights_only=True``) or a safetensors file; the
+format is told by the bytes, so a cache entry needs no suffix of its own.
+
 Local paths, ``file://``, ``http(s)://`` and ``s3://`` all go through
 :func:`fsspec.core.url_to_fs`, with ``storage_options`` passed on untouched. A file whose
 digest is pinned is looked up in the cache first, so a pinned set downloaded once works
@@ -17,6 +20,7 @@ from typing import Any
 
 import fsspec
 import torch
+from safetensors.torch import load_file
 
 __all__ = ["WEIGHTS_ENV", "WeightsError", "cache_dir", "fetch", "load_state_dict", "sha256_file"]
 
@@ -117,12 +121,22 @@ def download(uri: str, sha256: str | None = None, storage_options: dict[str, Any
             os.unlink(tmp)
 
 
+def _is_safetensors(path: str | Path) -> bool:
+    """A safetensors file starts with its header's length (8 bytes) and then its JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint's tensors on the CPU, unwrapping a ``{"model": ...}`` envelope.
 
-    Loads with ``weights_only=True``: a checkpoint is data, never code to run.
+    Torch files load with ``weights_only=True`` and safetensors files hold tensors only: a
+    checkpoint is data, never code to run.
     """
     try:
+        if _is_safetensors(path):
+            return load_file(str(path), device="cpu")
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e

@@ -3,33 +3,38 @@
 ``--weights`` (or ``$ULTRASTYLE_WEIGHTS``) names a location; :func:`resolve_weights` turns it
 into a :class:`WeightSet`, whose files are fetched hash-checked by :mod:`models.checkpoint`:
 
-- nothing: the official CD 16x files from the authors' public repository (pinned sha256);
-- a directory or prefix holding ``{k}SE.pth``/``{k}SD.pth``: checked against the same pins;
+- nothing: the official CD 16x files embedded in this package as safetensors (``models/cd16x``,
+  MIT licence, see ``LICENSE`` there), pinned by sha256: no download;
+- the authors' repository itself (:data:`CD16xWeights.OFFICIAL`, downloaded once into the cache);
+- a directory or prefix holding ``{k}SE.pth``/``{k}SD.pth`` (a copy of the upstream files) or
+  ``{k}SE.safetensors``/``{k}SD.safetensors`` (a copy of the embedded ones): checked against
+  the same pins;
 - a bundle written by ``distill`` (``card.json`` beside the files, digests from the card),
   or ``<publish>/latest``, a small file naming the current run id.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
-import fsspec
 from fsspec.core import url_to_fs
 
+from models import bundle
 from models.checkpoint import WEIGHTS_ENV, WeightsError, fetch, load_state_dict
 from models.family import CD16X, LEVELS, Decoder, Encoder, FamilySpec
 
 __all__ = [
+    "EMBEDDED_DIR",
     "OFFICIAL_BASE_URL",
+    "OFFICIAL_FILES",
     "CD16xWeights",
     "WeightSet",
     "WeightSpec",
     "official_weight_set",
-    "read_card",
     "resolve_weights",
     "small_decoder",
     "small_encoder",
@@ -41,7 +46,7 @@ OFFICIAL_BASE_URL = "https://github.com/MingSun-Tse/Collaborative-Distillation/r
 # symbolic links, so the download names the real files.
 _SE = "trained_models/wct_se_16x_new/"
 _SD = "trained_models/wct_se_16x_new_sd/"
-_OFFICIAL_FILES: dict[str, tuple[str, str]] = {
+OFFICIAL_FILES: dict[str, tuple[str, str]] = {
     "1SE": (_SE + "20191110-133713_E20.pth", "f74755a65164a88e0db8cbb7d99d7078b9fa505df0953fac5123bfc7c84e0ea4"),
     "2SE": (_SE + "20191110-132713_E20.pth", "cb654af6bae77176f8c7721c965483e865b987f2f1612dda1ba0d0b5c3819a61"),
     "3SE": (_SE + "20191110-132705_E20.pth", "269cdd0e2634e3e1e5d3005b9e7eca0f4cc8077653fee1ac8c0cf1cbe9ab8758"),
@@ -52,6 +57,22 @@ _OFFICIAL_FILES: dict[str, tuple[str, str]] = {
     "3SD": (_SD + "20191111-091929_E20.pth", "005faba27859435762a8a9386116c00629cd8835a01617d0a71defa577c42174"),
     "4SD": (_SD + "20191111-092553_E20.pth", "902f65e2c6033d803d02df552eb898e5985190a7ae67d155e384826eec6f04cb"),
     "5SD": (_SD + "20191110-204615_E20.pth", "17fd0f81622f01366eb21cb4d40140ee38cf988ed6eaf266629709c397a8b485"),
+}
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "cd16x"
+# file name -> sha256 of ``EMBEDDED_DIR/{name}.safetensors``, as ``models.packing.pack_official``
+# writes it from the upstream file above (the upstream digest is in each file's metadata).
+_EMBEDDED_SHA256: dict[str, str] = {
+    "1SE": "7e90f48634cdf2dc21c060a249ea070b2b560d12f6fef6b4f47117e4cc6085fb",
+    "2SE": "38b82794738041933f8331c500c87721dee8a75f58185eba82f5800c830872da",
+    "3SE": "a011686bc41ff8f987c03847ad457fdc6a00f0f42e398f504057a17b00a81d34",
+    "4SE": "4e37ed5b77a58507777884e048200e3c08e458bbe355add434629b0d69e1f079",
+    "5SE": "37b4941a80d4911436bb13bb05901ef4c3b9849e9aaf5c6fa9ae5475bd48ae0e",
+    "1SD": "ea735fc62d0dbfc0ca5d0c1dd146275686ff6571a97a28b37e7163a8151ccb09",
+    "2SD": "3178c7135a7ff2370a4cad8fb17d5ef76bda958ebf5a4d52ce46e8567d412617",
+    "3SD": "a69bea9a3961a02673f3394446484d5e605c9d66f87fd03e3a8df25117172671",
+    "4SD": "9b7b1609fc9f5e0b3527e33f500d18db3dcbf1a8671a92f0975cdd1eea9fe5e6",
+    "5SD": "71d0df7291fd8c01a50fa35792cd91749612e972a9db4f990d631ec9ba5ce4c4",
 }
 
 
@@ -89,32 +110,35 @@ class WeightSet:
 
 
 def official_weight_set(base_uri: str = OFFICIAL_BASE_URL, *, layout: str = "upstream") -> WeightSet:
-    """The pinned CD 16x set, read from the authors' repository or a copy of it.
+    """The pinned CD 16x set, read from the authors' repository, a copy of it, or the embedded files.
 
     Args:
         base_uri: URL or folder prefix the files live under.
-        layout: ``"upstream"`` (the repository's real file paths) or ``"flat"``
-            (``{k}SE.pth``/``{k}SD.pth`` side by side, as in a local copy).
+        layout: ``"upstream"`` (the repository's real file paths), ``"flat"``
+            (``{k}SE.pth``/``{k}SD.pth`` side by side, as in a local copy) or ``"safetensors"``
+            (``{k}SE.safetensors``/``{k}SD.safetensors``, as in :data:`EMBEDDED_DIR`).
     """
+    if layout not in ("upstream", "flat", "safetensors"):
+        raise ValueError(f"layout must be 'upstream', 'flat' or 'safetensors', got {layout!r}")
     base = base_uri.rstrip("/") + "/"
-    files = {
-        name: WeightSpec(base + (path if layout == "upstream" else f"{name}.pth"), digest, {"upstream": path})
-        for name, (path, digest) in _OFFICIAL_FILES.items()
-    }
+    files = {}
+    for name, (path, digest) in OFFICIAL_FILES.items():
+        where = {"upstream": path, "flat": f"{name}.pth", "safetensors": f"{name}.safetensors"}[layout]
+        pin = _EMBEDDED_SHA256[name] if layout == "safetensors" else digest
+        files[name] = WeightSpec(base + where, pin, {"upstream": path})
     return WeightSet("cd16x", CD16X, files)
 
 
 class CD16xWeights(Enum):
-    """The released Collaborative Distillation 16x encoders and decoders (MIT licence)."""
+    """The released Collaborative Distillation 16x encoders and decoders (MIT licence).
 
+    ``EMBEDDED`` ships in this package (no download) and is the default; ``OFFICIAL`` is the
+    same release fetched from the authors' repository into the cache.
+    """
+
+    EMBEDDED = official_weight_set(str(EMBEDDED_DIR), layout="safetensors")
     OFFICIAL = official_weight_set()
-    DEFAULT = OFFICIAL
-
-
-def read_card(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a bundle's ``card.json``."""
-    with fsspec.open(uri.rstrip("/") + "/card.json", "r", **(storage_options or {})) as f:
-        return json.load(f)
+    DEFAULT = EMBEDDED
 
 
 def resolve_weights(uri: str | None = None, storage_options: dict[str, Any] | None = None) -> WeightSet:
@@ -127,31 +151,24 @@ def resolve_weights(uri: str | None = None, storage_options: dict[str, Any] | No
     if uri is None:
         return CD16xWeights.DEFAULT.value
     try:
+        uri = bundle.resolve_pointer(uri, storage_options)  # <publish>/latest names the current run id
+        has_card = bundle.is_bundle(uri, storage_options)
         fs, path = url_to_fs(uri, **(storage_options or {}))
-        if fs.isfile(path):  # <publish>/latest names the current run id
-            with fs.open(path, "r") as f:
-                run_id = f.read().strip()
-            uri = uri.rstrip("/").rsplit("/", 1)[0] + "/" + run_id
-            fs, path = url_to_fs(uri, **(storage_options or {}))
-        has_card = fs.exists(path.rstrip("/") + "/card.json")
         is_dir = fs.isdir(path)
+        names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] if is_dir and not has_card else []
     except Exception as e:
         raise WeightsError(f"cannot read weights location {uri}: {type(e).__name__}: {e}") from e
     if has_card:
-        card = read_card(uri, storage_options)
-        family = FamilySpec(
-            widths=tuple(card["widths"]),
-            level1_width=card["level1_width"],
-            embed_widths=tuple(card["embed_widths"]) if card.get("embed_widths") else None,
-            level1_embed_width=card.get("level1_embed_width"),
-        )
-        files = {
-            name: WeightSpec(uri.rstrip("/") + f"/{name}.pth", digest) for name, digest in card["files"].items()
-        }
-        return WeightSet(f"bundle:{card['run_id']}", family, files)
+        card = bundle.read_card(uri, storage_options)
+        files = {name: WeightSpec(bundle.weight_uri(uri, name), digest) for name, digest in card["files"].items()}
+        return WeightSet(f"bundle:{card['run_id']}", bundle.card_family(card), files)
     if not is_dir:
-        raise WeightsError(f"weights location {uri} is not a folder of {{k}}SE.pth/{{k}}SD.pth files nor a bundle")
-    return official_weight_set(uri, layout="flat")
+        raise WeightsError(
+            f"weights location {uri} is not a folder of {{k}}SE.pth/{{k}}SD.pth "
+            "(or .safetensors) files nor a bundle"
+        )
+    packed = not any(n.endswith(".pth") for n in names) and any(n.endswith(".safetensors") for n in names)
+    return official_weight_set(uri, layout="safetensors" if packed else "flat")
 
 
 def _load(module, weights: WeightSet, name: str, storage_options: dict[str, Any] | None):

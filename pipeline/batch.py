@@ -50,16 +50,17 @@ from pipeline.manifest import (
     ManifestRow,
     ManifestWriter,
     Pair,
-    completed_pairs,
     existing_files,
     list_inputs,
     new_run_id,
     one_line_error,
     plan_pairs,
     read_manifest,
+    resume,
     summarize,
 )
 from pipeline.models import CASCADE
+from pipeline.preflight import check_batch, check_placement, default_workers
 from pipeline.ray_actors import CallInfo, ImageHeader, ModelActor, WorkerInfo, cut_image, write_chunks
 from pipeline.stats import FeatureStats, merge_stats
 from pipeline.tiled import LevelGeometry, level_geometry
@@ -129,8 +130,7 @@ def _settings(args: argparse.Namespace) -> BatchSettings:
     cpus = args.cpus_per_worker
     workers = args.workers
     if workers is None:
-        pool = resources.get("GPU", 0) / gpus if gpus > 0 else resources.get("CPU", 1) / cpus
-        workers = max(1, int(pool))
+        workers = default_workers(_nodes(), cpus=cpus, gpus=gpus, io_cpus=args.io_cpus)
     return BatchSettings(
         workers=workers,
         gpus_per_worker=gpus,
@@ -680,7 +680,14 @@ class _Job:
         return self.rows
 
 
+def _nodes() -> list[dict[str, float]]:
+    """Each alive node's total resources."""
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
 def _start_actors(args: argparse.Namespace, settings: BatchSettings, run_id: str) -> list[ActorHandle]:
+    check_placement(_nodes(), workers=settings.workers, cpus=settings.cpus_per_worker,
+                    gpus=settings.gpus_per_worker, io_cpus=settings.io_cpus)
     threads = max(1, round(settings.cpus_per_worker))
     return [
         ModelActor.options(
@@ -701,27 +708,15 @@ def _start_actors(args: argparse.Namespace, settings: BatchSettings, run_id: str
     ]
 
 
-def _pairs_to_run(
-    pairs: list[Pair], args: argparse.Namespace
-) -> tuple[list[Pair], list[ManifestRow]]:
-    """Split the plan into pairs to run and rows already decided (skipped, or refused by planning)."""
-    done = completed_pairs(
+def _pairs_to_run(pairs: list[Pair], args: argparse.Namespace) -> tuple[list[Pair], list[ManifestRow]]:
+    """Split the plan into pairs to run and rows already decided (see :func:`~pipeline.manifest.resume`)."""
+    return resume(
+        pairs,
         read_manifest(args.output, args.storage_options),
         existing_files(args.output, args.storage_options),
-        args.storage_options,
+        overwrite=args.overwrite,
+        storage_options=args.storage_options,
     )
-    todo, decided = [], []
-    for pair in pairs:
-        key = (pair.content_uri, pair.style_uri, pair.output_uri)
-        if pair.error:
-            decided.append(ManifestRow(*key, "failed", error=pair.error))
-        elif key in done:
-            old = done[key]
-            decided.append(ManifestRow(*key, "skipped", width=old["width"], height=old["height"], tiles=old["tiles"],
-                                       mode=old["mode"], worker=old["worker"], model_id=old["model_id"]))
-        else:
-            todo.append(pair)
-    return todo, decided
 
 
 def run_batch(args: argparse.Namespace, content_uri: str) -> int:
@@ -732,7 +727,7 @@ def run_batch(args: argparse.Namespace, content_uri: str) -> int:
             ``style_size``, ``mode``, ``tile``, ``max_pixels``, ``quality``,
             ``storage_options``, ``format``, ``workers``, ``gpus_per_worker``,
             ``cpus_per_worker``, ``io_cpus``, ``max_in_flight``, ``calls_per_worker``,
-            ``retries``, ``progress_seconds``).
+            ``retries``, ``progress_seconds``, ``overwrite``).
         content_uri: a folder or prefix (local or any fsspec URI).
 
     Returns:
@@ -740,16 +735,20 @@ def run_batch(args: argparse.Namespace, content_uri: str) -> int:
         not start.
 
     Raises:
-        ValueError: invalid flags.
-        FileNotFoundError, OSError: the input or output cannot be listed (missing bucket,
-            unreachable endpoint), with a one-line message.
+        ValueError: invalid flags (:class:`~pipeline.preflight.UsageError` for actors the
+            cluster cannot place).
+        FileNotFoundError, OSError: the input or output cannot be listed or written
+            (missing bucket, unreachable endpoint), with a one-line message.
+        WeightsError, ImageError: the weights or every style fail the driver's checks
+            (:func:`~pipeline.preflight.check_batch`).
     """
     start = time.perf_counter()
     contents = list_inputs(content_uri, args.storage_options, exclude_uri=args.output)
+    checks = check_batch(args)
     pairs = plan_pairs(contents, args.style, input_uri=content_uri, output_uri=args.output, fmt=args.format)
-    todo, decided = _pairs_to_run(pairs, args)
+    todo, decided = _pairs_to_run(checks.stamp(pairs, args), args)
     run_id = new_run_id()
-    writer = ManifestWriter(args.output, run_id=run_id, storage_options=args.storage_options)
+    writer = ManifestWriter(args.output, run_id=run_id, storage_options=args.storage_options, pairs=todo)
     log.info("run %s: %d images x %d styles = %d pairs (%d to run, %d already done, %d refused) -> %s",
              run_id, len(contents), len(args.style), len(pairs), len(todo),
              sum(r.status == "skipped" for r in decided), sum(r.status == "failed" for r in decided), args.output)

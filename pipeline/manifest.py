@@ -3,26 +3,30 @@
 Every pair gets one output, ``<output>/<content dir>/<content stem>__<style stem>.<ext>``, and
 one manifest row saying how it went. Rows are written as small Parquet files under
 ``<output>/_manifest/`` as pairs finish, each file written atomically, so a crash loses at
-most the pairs still in flight and a rerun can tell finished pairs from the rest. Nothing here
-knows about Ray: the same functions serve the job, its tests and anyone reading a manifest.
+most the pairs still in flight and a rerun can tell finished pairs from the rest. Each row
+also records what made its picture (the settings and their fingerprint, see
+:mod:`pipeline.fingerprint`), so a rerun redoes a pair whose settings changed and says why.
+Nothing here knows about Ray: the same functions serve the job, its tests and anyone reading
+a manifest.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import posixpath
 import secrets
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from pipeline.fingerprint import changes, fingerprint
 from pipeline.imageio import ImageError, output_format, write_bytes
 
 __all__ = [
@@ -33,7 +37,6 @@ __all__ = [
     "ManifestWriter",
     "Pair",
     "Summary",
-    "completed_pairs",
     "existing_files",
     "join_uri",
     "list_inputs",
@@ -41,7 +44,9 @@ __all__ = [
     "one_line_error",
     "plan_pairs",
     "read_manifest",
+    "resume",
     "summarize",
+    "with_settings",
 ]
 
 MANIFEST_DIR = "_manifest"
@@ -71,6 +76,9 @@ SCHEMA = pa.schema(
         ("worker", pa.string()),
         ("model_id", pa.string()),
         ("finished_at", pa.timestamp("ms", tz="UTC")),
+        ("fingerprint", pa.string()),
+        ("settings", pa.string()),
+        ("reason", pa.string()),
     ]
 )
 
@@ -82,13 +90,24 @@ class Pair:
     Attributes:
         content_uri, style_uri, output_uri: URIs as the job will use them.
         error: why the pair cannot run at all (its output key would escape the output
-            prefix, or collides with another pair's), empty when it can.
+            prefix, collides with another pair's, or its style cannot be read), empty when
+            it can.
+        settings: what its picture depends on, as canonical JSON (see :func:`with_settings`).
+        fingerprint: the digest of ``settings``.
+        reason: why this run (re)does it (see :func:`resume`).
     """
 
     content_uri: str
     style_uri: str
     output_uri: str
     error: str = ""
+    settings: str = ""
+    fingerprint: str = ""
+    reason: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.content_uri, self.style_uri, self.output_uri
 
 
 @dataclass
@@ -107,6 +126,10 @@ class ManifestRow:
         reduce_seconds: time the driver spent merging statistics and building transforms.
         worker: the actor(s) that ran the pair, ``name@node``, comma-separated.
         model_id: the weight set's id.
+        fingerprint, settings: what made the picture (:attr:`Pair.settings`); a skipped row
+            repeats those of the run that made it.
+        reason: why this run ran the pair (``new``, ``overwrite``, ``last run failed``,
+            ``output missing``, ``settings changed: alpha 1.0 -> 0.5``, ...); empty when skipped.
     """
 
     content_uri: str
@@ -128,6 +151,9 @@ class ManifestRow:
     worker: str = ""
     model_id: str = ""
     finished_at: dt.datetime | None = None
+    fingerprint: str = ""
+    settings: str = ""
+    reason: str = ""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -306,24 +332,77 @@ def read_manifest(output_uri: str, storage_options: dict[str, Any] | None = None
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
 
-def completed_pairs(
-    table: pa.Table, existing: set[str], storage_options: dict[str, Any] | None = None
-) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """Pairs some earlier run finished (``ok``) whose output still exists.
+def with_settings(pair: Pair, settings: Mapping[str, Any]) -> Pair:
+    """``pair`` carrying ``settings`` (as canonical JSON) and their fingerprint."""
+    return replace(pair, settings=json.dumps(settings, sort_keys=True), fingerprint=fingerprint(settings))
+
+
+def _latest(table: pa.Table) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The most recent row of each ``(content_uri, style_uri, output_uri)``."""
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    rows = table.to_pylist()
+    rows.sort(key=lambda r: (r["finished_at"] or dt.datetime.min.replace(tzinfo=dt.timezone.utc), r["run_id"] or ""))
+    for row in rows:
+        latest[(row["content_uri"], row["style_uri"], row["output_uri"])] = row
+    return latest
+
+
+def _redo_reason(pair: Pair, last: dict[str, Any] | None, output_exists: bool) -> str:
+    """Why ``pair`` must run again, or ``""`` when its output is the one this run would write."""
+    if last is None:
+        return "new"
+    if last["status"] not in ("ok", "skipped"):
+        return "last run failed"
+    if not output_exists:
+        return "output missing"
+    if not last["fingerprint"]:
+        return "no settings recorded by the last run"
+    if last["fingerprint"] != pair.fingerprint:
+        changed = changes(json.loads(last["settings"] or "{}"), json.loads(pair.settings or "{}"))
+        return "settings changed: " + ("; ".join(changed) or "fingerprint differs")
+    return ""
+
+
+def resume(
+    pairs: Sequence[Pair],
+    table: pa.Table,
+    existing: set[str],
+    *,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[Pair], list[ManifestRow]]:
+    """Split the plan into pairs to run (each with its ``reason``) and rows already decided.
+
+    A pair is skipped only when its latest row is ``ok`` (or ``skipped``), its output exists
+    and the row's fingerprint equals the pair's; a pair with a planning ``error`` gets a
+    failed row; ``overwrite`` runs every other pair.
 
     Args:
+        pairs: from :func:`plan_pairs`, given their settings by :func:`with_settings`.
         table: from :func:`read_manifest`.
         existing: from :func:`existing_files` on the output URI.
+        overwrite: redo every pair (``--overwrite``).
         storage_options: to resolve output URIs to the paths in ``existing``.
-
-    Returns:
-        ``(content_uri, style_uri, output_uri)`` -> that ``ok`` row (the latest one).
     """
-    done: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for row in table.filter(pc.equal(table["status"], "ok")).to_pylist():
-        if _stripped(row["output_uri"], storage_options) in existing:
-            done[(row["content_uri"], row["style_uri"], row["output_uri"])] = row
-    return done
+    latest = _latest(table)
+    todo: list[Pair] = []
+    decided: list[ManifestRow] = []
+    for pair in pairs:
+        if pair.error:
+            decided.append(ManifestRow(*pair.key, "failed", error=pair.error, settings=pair.settings,
+                                       fingerprint=pair.fingerprint))
+            continue
+        last = latest.get(pair.key)
+        exists = _stripped(pair.output_uri, storage_options) in existing
+        reason = "overwrite" if overwrite else _redo_reason(pair, last, exists)
+        if reason:
+            todo.append(replace(pair, reason=reason))
+        else:
+            decided.append(ManifestRow(*pair.key, "skipped", width=last["width"], height=last["height"],
+                                       tiles=last["tiles"], mode=last["mode"], worker=last["worker"],
+                                       model_id=last["model_id"], settings=pair.settings,
+                                       fingerprint=pair.fingerprint))
+    return todo, decided
 
 
 class ManifestWriter:
@@ -336,12 +415,23 @@ class ManifestWriter:
         output_uri: the job's output prefix.
         run_id: this run's id (from :func:`new_run_id`), stamped on every row.
         storage_options: passed to fsspec.
+        pairs: the pairs this run plans; a row of one of them that does not say its
+            ``settings``, ``fingerprint`` or ``reason`` gets the pair's, so whichever part of
+            the job makes a row, the manifest records what made the picture and why it ran.
     """
 
-    def __init__(self, output_uri: str, *, run_id: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        output_uri: str,
+        *,
+        run_id: str,
+        storage_options: dict[str, Any] | None = None,
+        pairs: Iterable[Pair] = (),
+    ) -> None:
         self.folder = join_uri(output_uri, MANIFEST_DIR)
         self.run_id = run_id
         self.storage_options = storage_options
+        self._pairs = {pair.key: pair for pair in pairs}
         self._count = 0
 
     def write(self, rows: Iterable[ManifestRow]) -> str | None:
@@ -351,6 +441,11 @@ class ManifestWriter:
         for row in rows:
             row.run_id = self.run_id
             row.finished_at = row.finished_at or now
+            pair = self._pairs.get((row.content_uri, row.style_uri, row.output_uri))
+            if pair is not None:
+                row.settings = row.settings or pair.settings
+                row.fingerprint = row.fingerprint or pair.fingerprint
+                row.reason = row.reason or pair.reason
             records.append({f.name: getattr(row, f.name) for f in fields(row)})
         if not records:
             return None

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from models import Decoder, Encoder, WeightSet, resolve_weights, small_decoder, small_encoder
+from models import Decoder, Encoder, WeightsError, WeightSet, resolve_weights, small_decoder, small_encoder
 
-__all__ = ["CASCADE", "ModelSet", "load_model_set"]
+__all__ = ["CASCADE", "ModelSet", "check_cascade_levels", "load_model_set"]
 
 # Levels in the order the cascade applies them (coarse style first, as in WCT).
 CASCADE = (5, 4, 3, 2, 1)
@@ -29,6 +29,20 @@ class ModelSet:
         return tuple(k for k in CASCADE if k in self.encoders)
 
 
+def check_cascade_levels(wset: WeightSet, name: str) -> None:
+    """Refuse a weight set that lacks some of levels 1-5, which the stylize cascade needs.
+
+    Raises:
+        WeightsError: one line naming ``--weights`` and the levels the set has.
+    """
+    if set(wset.levels) != set(CASCADE):
+        have = ",".join(map(str, wset.levels)) or "none"
+        raise WeightsError(
+            f"--weights {name} ({wset.model_id}) has levels {have}; the stylize cascade needs encoders and decoders "
+            "for levels 1,2,3,4,5"
+        )
+
+
 def load_model_set(
     weights: str | WeightSet | None = None,
     *,
@@ -40,13 +54,19 @@ def load_model_set(
 
     Args:
         weights: a ``--weights`` URI, a resolved :class:`~models.WeightSet`, or ``None`` for
-            ``$ULTRASTYLE_WEIGHTS`` or the official download.
-        levels: which levels to load (default: every level the weight set has, so a bundle
-            distilled for some levels stylizes with those); must all be in the weight set.
+            ``$ULTRASTYLE_WEIGHTS`` or the embedded CD 16x files.
+        levels: which levels to load; must all be in the weight set. By default all of
+            :data:`CASCADE`, which the stylize cascade needs: a weight set without them is
+            refused rather than quietly stylizing with fewer levels.
         device: where the modules live.
         storage_options: passed to the weights' filesystem.
+
+    Raises:
+        WeightsError: ``levels`` is not given and the weight set lacks some of levels 1-5.
     """
     wset = weights if isinstance(weights, WeightSet) else resolve_weights(weights, storage_options)
+    if levels is None:
+        check_cascade_levels(wset, weights if isinstance(weights, str) else wset.model_id)
     levels = tuple(k for k in CASCADE if k in (levels or wset.levels))
     device = torch.device(device)
     encoders = {k: small_encoder(k, weights=wset, storage_options=storage_options) for k in levels}

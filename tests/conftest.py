@@ -1,4 +1,9 @@
-"""Shared fixtures: the real images and official weights in ../shared, skipped when absent."""
+"""Shared fixtures: the embedded weights, real photos from scikit-image, local Ray, moto's S3.
+
+The test images are written once per session from data installed with the packages (no
+download, nothing beside the checkout): scikit-image's public-domain photos, cropped or
+combined to the sizes the tests need, and styles painted by :func:`jobs.samples.paint_style`.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +12,79 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WEIGHTS_DIR = SHARED / "weights" / "cd16x"
-CONTENT_DIR = SHARED / "images" / "content"
-STYLE_DIR = SHARED / "images" / "style"
+from jobs.samples import paint_style, skimage_photo
+from models.weights import EMBEDDED_DIR
 
 torch.set_num_threads(2)
 
 
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"needs {path} (the shared test data beside the checkout)")
-    return path
+def _square(name: str, side: int) -> Image.Image:
+    """The centred square crop of a scikit-image photo, scaled to ``side``."""
+    img = Image.open(skimage_photo(name)).convert("RGB")
+    short = min(img.size)
+    left, top = (img.width - short) // 2, (img.height - short) // 2
+    return img.crop((left, top, left + short, top + short)).resize((side, side), Image.Resampling.LANCZOS)
+
+
+def _rocket_420() -> Image.Image:
+    """420 x 420 (a side that is not a multiple of 16) of the rocket on its launch pad, unscaled."""
+    img = Image.open(skimage_photo("rocket.jpg")).convert("RGB")  # 427 x 640
+    return img.crop((3, 150, 423, 570))
+
+
+def _mosaic_1024() -> Image.Image:
+    """1024 x 1024 of four photos (astronaut, coffee, cat, rocket): the large content image."""
+    out = Image.new("RGB", (1024, 1024))
+    for i, name in enumerate(("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")):
+        out.paste(_square(name, 512), (512 * (i % 2), 512 * (i // 2)))
+    return out
+
+
+# File name -> maker; the names say what the image shows and its size (width x height).
+CONTENT_IMAGES = {
+    "astronaut_512.jpg": lambda: Image.open(skimage_photo("astronaut.png")).convert("RGB"),
+    "rocket_420.jpg": _rocket_420,
+    "photo_mosaic_1024.jpg": _mosaic_1024,
+}
+STYLE_IMAGES = {
+    "strokes_512.jpg": lambda: paint_style(512),
+    "strokes_570.jpg": lambda: paint_style(570, seed=11),
+    "strokes_591x800.jpg": lambda: paint_style(591, height=800, seed=23),
+}
+
+
+def _write(folder: Path, images: dict) -> Path:
+    folder.mkdir(parents=True)
+    for name, make in images.items():
+        make().save(folder / name, quality=95)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def test_images(tmp_path_factory) -> Path:
+    """Folder with ``content/`` and ``style/`` (the data root the distillation tests read)."""
+    root = tmp_path_factory.mktemp("images")
+    _write(root / "content", CONTENT_IMAGES)
+    _write(root / "style", STYLE_IMAGES)
+    return root
 
 
 @pytest.fixture(scope="session")
 def weights_dir() -> Path:
-    return _need(WEIGHTS_DIR)
+    """The embedded CD 16x files, ``{k}SE.safetensors``/``{k}SD.safetensors`` (read them, never write)."""
+    return EMBEDDED_DIR
 
 
 @pytest.fixture(scope="session")
-def content_dir() -> Path:
-    return _need(CONTENT_DIR)
+def content_dir(test_images: Path) -> Path:
+    return test_images / "content"
 
 
 @pytest.fixture(scope="session")
-def style_dir() -> Path:
-    return _need(STYLE_DIR)
+def style_dir(test_images: Path) -> Path:
+    return test_images / "style"
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +138,15 @@ def s3_fs(s3_options):
     import s3fs
 
     return s3fs.S3FileSystem(skip_instance_cache=True, **s3_options)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A weights cache of this test's own, so no other test's downloads are found in it."""
+    from models.checkpoint import cache_dir
+
+    monkeypatch.setenv("ULTRASTYLE_CACHE", str(tmp_path / "cache"))
+    return cache_dir()
 
 
 @pytest.fixture(autouse=True)

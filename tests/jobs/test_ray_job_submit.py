@@ -90,12 +90,12 @@ def test_ray_job_submit_runs_the_batch_job(ray_head, content_dir, style_dir, wei
     address, env = ray_head
     source, out = tmp_path / "in", tmp_path / "out"
     source.mkdir()
-    Image.open(content_dir / "golden_gate_512.jpg").convert("RGB").resize((200, 150)).save(source / "gate.jpg")
-    Image.open(content_dir / "portrait_420.jpg").convert("RGB").resize((64, 64)).save(source / "face.png")
+    Image.open(content_dir / "astronaut_512.jpg").convert("RGB").resize((200, 150)).save(source / "gate.jpg")
+    Image.open(content_dir / "rocket_420.jpg").convert("RGB").resize((64, 64)).save(source / "face.png")
     runtime_env = {"working_dir": str(REPO), "excludes": [".git", "**/__pycache__", "ultrastyle-out"]}
     entrypoint = [
         sys.executable, "-m", "jobs.stylize", "--input", str(source), "--output", str(out),
-        "--style", str(style_dir / "brushwork_512.jpg"), "--style-size", "128", "--weights", str(weights_dir),
+        "--style", str(style_dir / "strokes_512.jpg"), "--style-size", "128", "--weights", str(weights_dir),
         "--tile", "128", "--workers", "1", "--max-in-flight", "2",
     ]
     done = subprocess.run(
@@ -110,8 +110,8 @@ def test_ray_job_submit_runs_the_batch_job(ray_head, content_dir, style_dir, wei
 
     rows = read_manifest(str(out)).to_pylist()
     assert sorted((r["status"], r["tiles"]) for r in rows) == [("ok", 1), ("ok", 4)]
-    assert Image.open(out / "gate__brushwork_512.jpg").size == (200, 150)
-    assert Image.open(out / "face__brushwork_512.png").size == (64, 64)
+    assert Image.open(out / "gate__strokes_512.jpg").size == (200, 150)
+    assert Image.open(out / "face__strokes_512.png").size == (64, 64)
 
 
 def test_infra_manifests_match_the_job_and_the_ray_pin():

@@ -1,14 +1,22 @@
-"""``ultrastyle stylize`` on single files: end to end, and one-line errors for bad input."""
+"""``ultrastyle stylize``: single files end to end, one-line errors for bad input, and the batch
+job's resume by settings, its checks before starting and its refusal of actors that cannot fit."""
 
+import json
+import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from jobs.stylize import main
+from pipeline.manifest import read_manifest
+
+ray = pytest.importorskip("ray")
 
 
 def _error_line(capsys) -> str:
@@ -17,9 +25,9 @@ def _error_line(capsys) -> str:
     return err[-1]
 
 
-def test_stylize_a_shared_photo_end_to_end(weights_dir, content_dir, style_dir, tmp_path, caplog):
+def test_stylize_a_real_photo_end_to_end(weights_dir, content_dir, style_dir, tmp_path, caplog):
     out = tmp_path / "out.png"
-    rc = main([str(content_dir / "portrait_420.jpg"), "--style", str(style_dir / "brushwork_512.jpg"),
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
                "--output", str(out), "--weights", str(weights_dir), "--alpha", "0.8"])
     assert rc == 0
     result = Image.open(out)
@@ -28,7 +36,7 @@ def test_stylize_a_shared_photo_end_to_end(weights_dir, content_dir, style_dir, 
     assert [m.split()[1] for m in messages if m.startswith("level")] == ["5", "4", "3", "2", "1"]
     assert any("MP/s" in m for m in messages)
     # The result is a stylized image, not a copy of the content.
-    content = np.asarray(Image.open(content_dir / "portrait_420.jpg").convert("RGB"), np.float64)
+    content = np.asarray(Image.open(content_dir / "rocket_420.jpg").convert("RGB"), np.float64)
     assert np.abs(np.asarray(result, np.float64) - content).mean() > 10
 
 
@@ -37,10 +45,14 @@ def test_console_script_runs(weights_dir, content_dir, style_dir, tmp_path):
     if exe is None:
         pytest.skip("the ultrastyle console script is not installed (pip install -e .)")
     out = tmp_path / "o.jpg"
+    # The script imports the installed package: point it at this checkout (an editable install
+    # may name another one).
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
-        [exe, "stylize", str(content_dir / "golden_gate_512.jpg"), "--style", str(style_dir / "sculpture_570.jpg"),
+        [exe, "stylize", str(content_dir / "astronaut_512.jpg"), "--style", str(style_dir / "strokes_570.jpg"),
          "--output", str(out), "--weights", str(weights_dir), "--mode", "exact", "--tile", "256"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=env,
     )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size == (512, 512)
@@ -49,7 +61,7 @@ def test_console_script_runs(weights_dir, content_dir, style_dir, tmp_path):
 
 @pytest.fixture
 def bad_inputs(tmp_path, content_dir):
-    data = (content_dir / "golden_gate_512.jpg").read_bytes()
+    data = (content_dir / "astronaut_512.jpg").read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 3])
     (tmp_path / "notes.jpg").write_text("this is a text file, not a photo\n")
     return tmp_path
@@ -66,8 +78,8 @@ def bad_inputs(tmp_path, content_dir):
 )
 def test_bad_inputs_exit_nonzero_with_one_line(bad_inputs, weights_dir, content_dir, style_dir, capsys,
                                                content, style, expected):
-    content_uri = str(content_dir / "golden_gate_512.jpg") if content == "good" else str(bad_inputs / content)
-    style_uri = str(style_dir / "brushwork_512.jpg") if style == "good" else str(bad_inputs / style)
+    content_uri = str(content_dir / "astronaut_512.jpg") if content == "good" else str(bad_inputs / content)
+    style_uri = str(style_dir / "strokes_512.jpg") if style == "good" else str(bad_inputs / style)
     rc = main([content_uri, "--style", style_uri, "--output", str(bad_inputs / "o.png"),
                "--weights", str(weights_dir)])
     assert rc == 1
@@ -79,18 +91,18 @@ def test_bad_inputs_exit_nonzero_with_one_line(bad_inputs, weights_dir, content_
 def test_wrong_weights_sha_exits_nonzero(weights_dir, content_dir, style_dir, tmp_path, capsys):
     copy = tmp_path / "weights"
     shutil.copytree(weights_dir, copy)
-    blob = bytearray((copy / "3SD.pth").read_bytes())
+    blob = bytearray((copy / "3SD.safetensors").read_bytes())
     blob[-10] ^= 0xFF
-    (copy / "3SD.pth").write_bytes(bytes(blob))
-    rc = main([str(content_dir / "portrait_420.jpg"), "--style", str(style_dir / "brushwork_512.jpg"),
+    (copy / "3SD.safetensors").write_bytes(bytes(blob))
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
                "--output", str(tmp_path / "o.png"), "--weights", str(copy)])
     assert rc == 1
     line = _error_line(capsys)
-    assert "sha256 mismatch" in line and "3SD.pth" in line and "005faba27859" in line
+    assert "sha256 mismatch" in line and "3SD.safetensors" in line and "a69bea9a3961" in line
 
 
 def test_too_many_pixels_is_refused(weights_dir, content_dir, style_dir, tmp_path, capsys):
-    rc = main([str(content_dir / "portrait_420.jpg"), "--style", str(style_dir / "brushwork_512.jpg"),
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
                "--output", str(tmp_path / "o.png"), "--weights", str(weights_dir), "--max-pixels", "100000"])
     assert rc == 1
     assert "over --max-pixels 100,000" in _error_line(capsys)
@@ -114,15 +126,172 @@ def test_help_lists_the_flags():
 )
 def test_bad_flags_are_refused_before_loading_anything(content_dir, style_dir, tmp_path, capsys, flags, message):
     # No --weights: a check that ran after loading would fail on the download instead.
-    rc = main([str(content_dir / "portrait_420.jpg"), "--style", str(style_dir / "brushwork_512.jpg"),
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
                "--output", str(tmp_path / "o.png"), *flags])
-    assert rc == 1
+    assert rc == 2
     assert message in _error_line(capsys)
 
 
 def test_a_single_image_takes_one_style(content_dir, style_dir, tmp_path, capsys):
-    style = str(style_dir / "brushwork_512.jpg")
-    rc = main([str(content_dir / "portrait_420.jpg"), "--style", style, "--style", style,
+    style = str(style_dir / "strokes_512.jpg")
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", style, "--style", style,
                "--output", str(tmp_path / "o.png")])
-    assert rc == 1
+    assert rc == 2
     assert "a single image takes one --style" in _error_line(capsys)
+
+
+# -- the batch job: resume by settings, fail fast, no hang ---------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def small_batch(tmp_path, content_dir, style_dir):
+    """Two small photos and one style, so a batch run takes seconds."""
+    source, styles = tmp_path / "in", tmp_path / "styles"
+    source.mkdir()
+    styles.mkdir()
+    Image.open(content_dir / "rocket_420.jpg").convert("RGB").resize((64, 48)).save(source / "face.png")
+    Image.open(content_dir / "astronaut_512.jpg").convert("RGB").resize((80, 64)).save(source / "gate.jpg")
+    Image.open(style_dir / "strokes_512.jpg").convert("RGB").resize((96, 96)).save(styles / "s.jpg")
+    return source, styles / "s.jpg", tmp_path / "out"
+
+
+def _batch(source: Path, style: Path, out: Path, weights_dir: Path, *extra: str) -> list[str]:
+    return ["--input", str(source), "--style", str(style), "--output", str(out), "--weights", str(weights_dir),
+            "--tile", "64", "--style-size", "64", "--workers", "2", "--progress-seconds", "0.5", *extra]
+
+
+def _stamps(out: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Each output's inode, mtime and bytes (an atomic rewrite always gets a new inode)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if p.is_file()}
+
+
+def _last_run(out: Path) -> list[dict]:
+    rows = read_manifest(str(out)).to_pylist()
+    last = max(rows, key=lambda r: r["finished_at"])["run_id"]
+    return sorted((r for r in rows if r["run_id"] == last), key=lambda r: r["content_uri"])
+
+
+def test_a_rerun_redoes_exactly_the_pairs_whose_settings_changed(ray_cluster, small_batch, weights_dir):
+    source, style, out = small_batch
+    argv = _batch(source, style, out, weights_dir)
+    assert main(argv) == 0
+    first = _stamps(out)
+    assert sorted(first) == ["face__s.png", "gate__s.jpg"]
+    rows = _last_run(out)
+
+    # Another alpha: every output rewritten with new pixels, and each row says why.
+    assert main([*argv, "--alpha", "0.5"]) == 0
+    second = _stamps(out)
+    for name, (inode, mtime, data) in second.items():
+        assert inode != first[name][0] and mtime >= first[name][1] and data != first[name][2], name
+    assert [r["reason"] for r in rows] == ["new", "new"]
+    made_by = [r["fingerprint"] for r in rows]
+    settings = json.loads(rows[0]["settings"])
+    assert (settings["alpha"], settings["style_size"], settings["mode"], settings["model_id"]) == (1.0, 64, "auto",
+                                                                                                   "cd16x")
+    assert settings["style"].startswith("sha256:") and len(settings["weights"]) == 10
+    assert [json.loads(r["settings"])["quality"] for r in rows] == [None, 95]  # quality counts for the JPEG only
+    rows = _last_run(out)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert [r["reason"] for r in rows] == ["settings changed: alpha 1.0 -> 0.5"] * 2
+    made_by, before = [r["fingerprint"] for r in rows], made_by
+    assert all(new != old for new, old in zip(made_by, before, strict=True))
+
+    # The same command again: nothing rewritten, every pair skipped.
+    assert main([*argv, "--alpha", "0.5"]) == 0
+    assert _stamps(out) == second
+    rows = _last_run(out)
+    assert [(r["status"], r["reason"]) for r in rows] == [("skipped", "")] * 2
+    assert [r["fingerprint"] for r in rows] == made_by
+
+    # A new picture under the style's old name redoes its pairs.
+    Image.open(source / "gate.jpg").resize((96, 96)).save(style)
+    assert main([*argv, "--alpha", "0.5"]) == 0
+    third = _stamps(out)
+    assert all(third[name][0] != second[name][0] for name in third)
+    assert all(r["status"] == "ok" and r["reason"].startswith("settings changed: style sha256:")
+               for r in _last_run(out))
+
+    # --overwrite redoes everything, whatever the manifest says.
+    assert main([*argv, "--alpha", "0.5", "--overwrite"]) == 0
+    assert all(_stamps(out)[name][0] != third[name][0] for name in third)
+    assert [(r["status"], r["reason"]) for r in _last_run(out)] == [("ok", "overwrite")] * 2
+
+
+def _run_cli(*argv: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.stylize", *argv], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "expected"),
+    [
+        ("weights", 1, "weights location {tmp}/no-weights is not a folder"),
+        ("style", 1, "style image failed: no such file: {tmp}/missing.jpg"),
+        ("bucket", 1, "output s3://no-such-bucket/out is not writable: "),
+        ("format", 2, "--format 'bmp': extension '.bmp' is not one of"),
+    ],
+)
+def test_a_doomed_batch_fails_at_once_in_one_line(small_batch, weights_dir, s3_options, tmp_path, case, status,
+                                                  expected):
+    source, style, out = small_batch
+    weights = tmp_path / "no-weights" if case == "weights" else weights_dir
+    style = tmp_path / "missing.jpg" if case == "style" else style
+    argv = _batch(source, style, out, weights)
+    if case == "bucket":
+        argv[argv.index("--output") + 1] = "s3://no-such-bucket/out"
+        argv += ["--storage-options", json.dumps(s3_options)]
+    if case == "format":
+        argv += ["--format", "bmp"]
+    proc = _run_cli(*argv)
+    assert proc.returncode == status
+    # One line and nothing else: no traceback, and nothing started (Ray would log its start).
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith("ultrastyle stylize: error: " + expected.format(tmp=tmp_path))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "status", "expected"),
+    [
+        ("o.bmp", 2, "--output cannot write {tmp}/o.bmp: extension '.bmp' is not one of"),
+        ("taken/o.png", 1, "output {tmp}/taken/o.png is not writable: "),
+    ],
+)
+def test_the_single_image_cli_checks_its_output_before_anything_else(content_dir, style_dir, tmp_path, output,
+                                                                     status, expected):
+    (tmp_path / "taken").write_text("a file where the output folder should be")
+    # Missing weights: a check that ran after loading them would report those instead.
+    proc = _run_cli(str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
+                    "--output", str(tmp_path / output), "--weights", str(tmp_path / "no-weights"))
+    assert proc.returncode == status
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith(f"ultrastyle stylize: error: {expected.format(tmp=tmp_path)}")
+
+
+def test_a_bad_command_line_is_one_line_and_status_2():
+    proc = _run_cli("--alpha", "much")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "ultrastyle stylize: error: argument --alpha: invalid float value: 'much' (see --help)"
+    ]
+
+
+def test_more_actors_than_the_cluster_holds_are_refused_at_once(ray_cluster, small_batch, weights_dir):
+    source, style, out = small_batch
+    argv = _batch(source, style, out, weights_dir)
+    argv[argv.index("--workers") + 1] = "3"
+    start = time.perf_counter()
+    proc = _run_cli(*argv, "--cpus-per-worker", "1", timeout=180,
+                    env={"RAY_ADDRESS": ray.get_runtime_context().gcs_address})
+    assert proc.returncode == 2, proc.stderr
+    assert time.perf_counter() - start < 120
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "ultrastyle stylize: error: --workers 3 model actors of 1 CPU and 0 GPU each cannot all be placed "
+        "(at most 2 fit; the cluster has 2 CPUs and 0 GPUs on 1 node(s)): "
+        "lower --workers, --cpus-per-worker or --gpus-per-worker"
+    )
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no output, no manifest row

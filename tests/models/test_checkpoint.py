@@ -1,8 +1,8 @@
 """models/checkpoint.py: fetching over HTTP into the digest-keyed cache, verification, safe loading.
 
-The download path runs against a real HTTP server on 127.0.0.1 serving a folder laid out like
-the authors' repository (``trained_models/wct_se_16x_new/<file>``), built from the shared
-official weights.
+The download path runs against a real HTTP server on 127.0.0.1 serving a copy of the embedded
+weights (``{k}SE.safetensors``, pinned by their embedded digests) and, for the upstream URL
+layout, a folder laid out like the authors' repository (``trained_models/wct_se_16x_new/<file>``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import WEIGHTS_ENV, WeightsError, cache_dir, fetch, load_state_dict, sha256_file
-from models.weights import _OFFICIAL_FILES, official_weight_set, small_decoder, small_encoder
+from models.checkpoint import WEIGHTS_ENV, WeightsError, fetch, load_state_dict, sha256_file
+from models.weights import OFFICIAL_FILES, official_weight_set, small_decoder, small_encoder
 
 
 class _Server:
@@ -50,28 +50,24 @@ class _Server:
 
 
 @pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A cache of this test's own, so no other test's downloads are found in it."""
-    monkeypatch.setenv("ULTRASTYLE_CACHE", str(tmp_path / "cache"))
-    return cache_dir()
-
-
-@pytest.fixture
-def upstream(tmp_path: Path, weights_dir: Path) -> Path:
-    """A folder laid out like the authors' repository, the files linked to the shared copies."""
-    root = tmp_path / "upstream"
-    for name, (path, _) in _OFFICIAL_FILES.items():
-        target = root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(weights_dir / f"{name}.pth")
+def served(tmp_path: Path, weights_dir: Path) -> Path:
+    """The folder the server serves: a copy of the embedded files."""
+    root = tmp_path / "served"
+    root.mkdir()
+    for path in weights_dir.glob("*.safetensors"):
+        (root / path.name).write_bytes(path.read_bytes())
     return root
 
 
 @pytest.fixture
-def server(upstream: Path) -> Iterator[_Server]:
-    srv = _Server(upstream)
+def server(served: Path) -> Iterator[_Server]:
+    srv = _Server(served)
     yield srv
     srv.stop()
+
+
+def _served_set(server: _Server):
+    return official_weight_set(server.base_uri, layout="safetensors")
 
 
 def _closed_port() -> int:
@@ -81,17 +77,17 @@ def _closed_port() -> int:
 
 
 def test_download_lands_in_cache_keyed_by_sha256(server: _Server, cache: Path, weights_dir: Path) -> None:
-    spec = official_weight_set(server.base_uri).spec("2SE")
+    spec = _served_set(server).spec("2SE")
     path = fetch(spec.uri, spec.sha256)
     assert path == cache / f"{spec.sha256}.pth"
     assert sha256_file(path) == spec.sha256
-    assert path.read_bytes() == (weights_dir / "2SE.pth").read_bytes()
-    assert server.requests == ["/trained_models/wct_se_16x_new/20191110-132713_E20.pth"]
+    assert path.read_bytes() == (weights_dir / "2SE.safetensors").read_bytes()
+    assert server.requests == ["/2SE.safetensors"]
     assert sorted(p.name for p in cache.iterdir()) == [path.name]  # no partial file left
 
 
 def test_second_fetch_works_offline(server: _Server, cache: Path) -> None:
-    wset = official_weight_set(server.base_uri)
+    wset = _served_set(server)
     first = small_decoder(3, weights=wset)
     server.stop()
     # The server is really gone: a file not yet cached now fails...
@@ -105,17 +101,19 @@ def test_second_fetch_works_offline(server: _Server, cache: Path) -> None:
     assert fetch(wset.spec("3SD").uri, wset.spec("3SD").sha256) == cache / f"{wset.spec('3SD').sha256}.pth"
 
 
-def test_wrong_bytes_name_uri_and_both_digests(upstream: Path, server: _Server, cache: Path, weights_dir: Path) -> None:
+def test_wrong_bytes_name_uri_and_both_digests(served: Path, server: _Server, cache: Path, weights_dir: Path) -> None:
+    """The upstream layout: other bytes at the real path of 1SD in the authors' repository."""
     spec = official_weight_set(server.base_uri).spec("1SD")
-    served = upstream / _OFFICIAL_FILES["1SD"][0]
-    served.unlink()
-    served.write_bytes((weights_dir / "2SD.pth").read_bytes())
+    target = served / OFFICIAL_FILES["1SD"][0]
+    target.parent.mkdir(parents=True)
+    target.write_bytes((weights_dir / "2SD.safetensors").read_bytes())
     with pytest.raises(WeightsError) as err:
         small_decoder(1, weights=official_weight_set(server.base_uri))
     message = str(err.value)
+    assert server.requests == ["/trained_models/wct_se_16x_new_sd/20191111-091942_E20.pth"]
     assert spec.uri in message
     assert spec.sha256 in message
-    assert sha256_file(weights_dir / "2SD.pth") in message
+    assert sha256_file(weights_dir / "2SD.safetensors") in message
     assert "\n" not in message
     # Nothing is cached: neither under the expected digest nor as a stray partial download.
     assert list(cache.iterdir()) == []
@@ -134,27 +132,34 @@ def test_unreachable_url_says_how_to_use_a_local_copy(where: str, server: _Serve
 
 
 def test_local_file_is_verified_in_place(tmp_path: Path, weights_dir: Path, cache: Path) -> None:
-    digest = _OFFICIAL_FILES["1SE"][1]
-    assert fetch(str(weights_dir / "1SE.pth"), digest) == weights_dir / "1SE.pth"
-    assert fetch(f"file://{weights_dir / '1SE.pth'}", digest) == weights_dir / "1SE.pth"
+    pins = official_weight_set(str(weights_dir), layout="safetensors")
+    digest = pins.spec("1SE").sha256
+    one = weights_dir / "1SE.safetensors"
+    assert fetch(str(one), digest) == one
+    assert fetch(f"file://{one}", digest) == one
     assert not cache.exists()  # local files are not copied into the cache
     with pytest.raises(WeightsError, match="sha256 mismatch") as err:
-        fetch(str(weights_dir / "2SE.pth"), digest)
-    assert digest in str(err.value) and _OFFICIAL_FILES["2SE"][1] in str(err.value)
+        fetch(str(weights_dir / "2SE.safetensors"), digest)
+    assert digest in str(err.value) and pins.spec("2SE").sha256 in str(err.value)
     with pytest.raises(WeightsError, match="not found") as err:
         fetch(str(tmp_path / "absent.pth"), digest)
     assert "--weights" in str(err.value) and WEIGHTS_ENV in str(err.value)
 
 
-def test_load_state_dict_unwraps_model_envelope(tmp_path: Path, weights_dir: Path) -> None:
-    wrapped = load_state_dict(weights_dir / "2SD.pth")
-    assert "model" not in wrapped
-    assert [k.split(".")[0] for k in wrapped] == ["conv21", "conv21", "conv12", "conv12", "conv11", "conv11"]
-    plain = tmp_path / "plain.pth"
-    torch.save(dict(wrapped), plain)
-    for key, value in load_state_dict(plain).items():
-        assert torch.equal(value, wrapped[key])
-    assert all(t.device.type == "cpu" for t in wrapped.values())  # the official files were saved on CUDA
+def test_load_state_dict_reads_safetensors_and_unwraps_model_envelope(tmp_path: Path, weights_dir: Path) -> None:
+    plain = load_state_dict(weights_dir / "2SD.safetensors")
+    assert sorted({k.split(".")[0] for k in plain}) == ["conv11", "conv12", "conv21"]
+    assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in plain.values())
+    wrapped = tmp_path / "wrapped.pth"  # the upstream files' layout
+    torch.save({"model": plain, "epoch": 20}, wrapped)
+    unwrapped = load_state_dict(wrapped)
+    assert "model" not in unwrapped and list(unwrapped) == list(plain)
+    for key, value in unwrapped.items():
+        assert torch.equal(value, plain[key])
+    # The format is told by the bytes, not the name (cache entries are all ``<sha256>.pth``).
+    renamed = tmp_path / "renamed.pth"
+    renamed.write_bytes((weights_dir / "2SD.safetensors").read_bytes())
+    assert list(load_state_dict(renamed)) == list(plain)
 
 
 def test_load_state_dict_rejects_non_dicts_and_garbage(tmp_path: Path) -> None:

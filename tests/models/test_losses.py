@@ -85,7 +85,7 @@ def test_distillation_objective_is_the_contract_sum_and_trains_only_the_student(
 
 @pytest.mark.parametrize("kind", ["student_encoder", "student_decoder"])
 def test_objectives_fall_under_adam_on_a_real_image(kind, weights_dir, content_dir):
-    from pipeline.distill_data import load_eval_images
+    from jobs.distill.data import load_eval_images
 
     weights = resolve_weights(str(weights_dir))
     teacher, teacher_decoder = small_encoder(2, weights=weights), small_decoder(2, weights=weights)
@@ -95,7 +95,7 @@ def test_objectives_fall_under_adam_on_a_real_image(kind, weights_dir, content_d
     else:
         decoder = prune_decoder(teacher_decoder, student.spec, student.conv21_aux)
         objective = DecoderObjective(decoder, student, teacher, lambda_p=0.01)
-    (image,) = load_eval_images([str(content_dir / "golden_gate_512.jpg")], side=64)
+    (image,) = load_eval_images([str(content_dir / "astronaut_512.jpg")], side=64)
     x = torch.cat([image[..., :64, :64], image[..., :64, -64:]])
     optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=1e-3)
     losses = []
@@ -127,9 +127,9 @@ def test_psnr():
 
 
 def test_official_level1_reconstructs_a_real_image(weights_dir, content_dir):
-    from pipeline.distill_data import load_eval_images
+    from jobs.distill.data import load_eval_images
 
     weights = resolve_weights(str(weights_dir))
-    (image,) = load_eval_images([str(content_dir / "portrait_420.jpg")], side=128)
+    (image,) = load_eval_images([str(content_dir / "rocket_420.jpg")], side=128)
     value = reconstruction_psnr(small_encoder(1, weights=weights), small_decoder(1, weights=weights), [image])
     assert value > 30

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from models.checkpoint import WEIGHTS_ENV, WeightsError, load_state_dict, sha256_file
 from models.family import CD16X, LEVELS, FamilySpec
 from models.weights import (
+    EMBEDDED_DIR,
     OFFICIAL_BASE_URL,
+    OFFICIAL_FILES,
     CD16xWeights,
     official_weight_set,
     resolve_weights,
@@ -23,25 +26,39 @@ from models.weights import (
 NAMES = [f"{k}{kind}" for k in LEVELS for kind in ("SE", "SD")]
 
 
-def _source_table(weights_dir: Path) -> dict[str, tuple[str, str]]:
-    """``{k}SE/SD -> (upstream path, sha256)`` from the table in the shared SOURCE.md."""
+def _source_table() -> dict[str, tuple[str, str, str]]:
+    """``{k}SE/SD -> (upstream path, upstream sha256, embedded sha256)`` from models/cd16x/SOURCE.md."""
     rows = {}
-    for line in (weights_dir / "SOURCE.md").read_text().splitlines():
+    for line in (EMBEDDED_DIR / "SOURCE.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 3 and cells[0].endswith(".pth"):
-            rows[cells[0].removesuffix(".pth")] = (cells[1], cells[2])
+        if len(cells) == 4 and cells[0].endswith(".safetensors"):
+            rows[cells[0].removesuffix(".safetensors")] = (cells[1], cells[2], cells[3])
     return rows
 
 
-def test_official_set_is_pinned_as_documented(weights_dir: Path) -> None:
-    table = _source_table(weights_dir)
+def test_embedded_set_is_the_default_pinned_and_documented(weights_dir: Path) -> None:
+    table = _source_table()
     wset = CD16xWeights.DEFAULT.value
-    assert CD16xWeights.DEFAULT is CD16xWeights.OFFICIAL
+    assert CD16xWeights.DEFAULT is CD16xWeights.EMBEDDED and weights_dir == EMBEDDED_DIR
     assert wset.model_id == "cd16x" and wset.family == CD16X and wset.levels == LEVELS
-    assert sorted(wset.files) == sorted(table) == sorted(NAMES)
-    for name, (path, digest) in table.items():
+    assert sorted(wset.files) == sorted(table) == sorted(OFFICIAL_FILES) == sorted(NAMES)
+    for name, (path, upstream_digest, digest) in table.items():
+        assert wset.files[name].uri == str(EMBEDDED_DIR / f"{name}.safetensors")
+        assert wset.files[name].sha256 == digest == sha256_file(weights_dir / f"{name}.safetensors")
+        assert OFFICIAL_FILES[name] == (path, upstream_digest)
+        with safe_open(weights_dir / f"{name}.safetensors", "pt") as f:
+            assert f.metadata() == {"upstream_path": path, "upstream_sha256": upstream_digest}
+    licence = (EMBEDDED_DIR / "LICENSE").read_text()
+    assert licence.startswith("MIT License") and "Copyright (c) 2020 Huan Wang" in licence
+
+
+def test_official_download_set_names_the_upstream_files() -> None:
+    wset = CD16xWeights.OFFICIAL.value
+    assert wset.model_id == "cd16x" and wset.levels == LEVELS
+    for name, (path, digest) in OFFICIAL_FILES.items():
         assert wset.files[name].uri == OFFICIAL_BASE_URL + path
-        assert wset.files[name].sha256 == digest == sha256_file(weights_dir / f"{name}.pth")
+        assert wset.files[name].sha256 == digest
+    assert wset.files["2SE"].uri.endswith("/trained_models/wct_se_16x_new/20191110-132713_E20.pth")
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -51,7 +68,7 @@ def test_official_models_load_strictly(level: int, weights_dir: Path) -> None:
     dec = small_decoder(level, weights=wset)
     assert not enc.training and not dec.training
     for module, name in ((enc, f"{level}SE"), (dec, f"{level}SD")):
-        state = load_state_dict(weights_dir / f"{name}.pth")
+        state = load_state_dict(weights_dir / f"{name}.safetensors")
         assert set(module.state_dict()) == set(state)
         for key, value in module.state_dict().items():
             assert torch.equal(value, state[key]), key
@@ -62,14 +79,25 @@ def test_official_models_load_strictly(level: int, weights_dir: Path) -> None:
         assert dec(f).shape == x.shape
 
 
-def test_resolve_defaults_and_environment(weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolve_defaults_and_environment(weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     assert resolve_weights() is CD16xWeights.DEFAULT.value
     monkeypatch.setenv(WEIGHTS_ENV, str(weights_dir))
     from_env = resolve_weights()
-    assert from_env == official_weight_set(str(weights_dir), layout="flat")
-    assert from_env.files["3SD"].uri == f"{weights_dir}/3SD.pth"
+    assert from_env == official_weight_set(str(weights_dir), layout="safetensors")
+    assert from_env.files["3SD"].uri == f"{weights_dir}/3SD.safetensors"
     assert from_env.files["3SD"].sha256 == CD16xWeights.DEFAULT.value.files["3SD"].sha256
+    # A folder of .pth files is a copy of the upstream files, held to the upstream digests.
+    copy = tmp_path / "pth"
+    copy.mkdir()
+    for name in NAMES:
+        torch.save({"model": load_state_dict(weights_dir / f"{name}.safetensors")}, copy / f"{name}.pth")
+    pth = resolve_weights(str(copy))
+    assert pth == official_weight_set(str(copy), layout="flat")
+    assert pth.files["3SD"].uri == f"{copy}/3SD.pth" and pth.files["3SD"].sha256 == OFFICIAL_FILES["3SD"][1]
+    with pytest.raises(WeightsError, match="sha256 mismatch") as err:
+        small_decoder(3, weights=pth)
+    assert OFFICIAL_FILES["3SD"][1] in str(err.value) and sha256_file(copy / "3SD.pth") in str(err.value)
 
 
 def test_missing_location_raises(tmp_path: Path) -> None:
@@ -80,7 +108,7 @@ def test_missing_location_raises(tmp_path: Path) -> None:
 def test_corrupted_local_copy_fails_its_digest(tmp_path: Path, weights_dir: Path) -> None:
     copy = tmp_path / "cd16x"
     shutil.copytree(weights_dir, copy)
-    target = copy / "4SD.pth"
+    target = copy / "4SD.safetensors"
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01
     target.chmod(0o644)
@@ -90,15 +118,16 @@ def test_corrupted_local_copy_fails_its_digest(tmp_path: Path, weights_dir: Path
         small_decoder(4, weights=wset)
     assert str(target) in str(err.value)
     assert sha256_file(target) in str(err.value)
+    assert CD16xWeights.EMBEDDED.value.files["4SD"].sha256 in str(err.value)
     small_encoder(4, weights=wset)  # the intact files of the same copy still load
 
 
 def _write_bundle(folder: Path, weights_dir: Path, run_id: str, files: dict[str, str]) -> None:
-    """A distill-style bundle: ``files`` maps bundle names to the shared files they copy."""
+    """A distill-style bundle: ``files`` maps bundle names to the embedded files they hold (saved as .pth)."""
     folder.mkdir(parents=True)
     digests = {}
     for name, source in files.items():
-        shutil.copyfile(weights_dir / f"{source}.pth", folder / f"{name}.pth")
+        torch.save(load_state_dict(weights_dir / f"{source}.safetensors"), folder / f"{name}.pth")
         digests[name] = sha256_file(folder / f"{name}.pth")
     card = {
         "run_id": run_id,
@@ -121,9 +150,9 @@ def test_bundle_and_latest(tmp_path: Path, weights_dir: Path) -> None:
     assert bundle.family == CD16X
     assert bundle.levels == (1, 2)
     assert bundle.files["2SE"].uri == f"{publish}/run-1/2SE.pth"
-    assert bundle.files["2SE"].sha256 == sha256_file(weights_dir / "2SE.pth")
+    assert bundle.files["2SE"].sha256 == sha256_file(publish / "run-1" / "2SE.pth")
     enc = small_encoder(2, weights=bundle)
-    assert torch.equal(enc.conv21.weight, load_state_dict(weights_dir / "2SE.pth")["conv21.weight"])
+    assert torch.equal(enc.conv21.weight, load_state_dict(weights_dir / "2SE.safetensors")["conv21.weight"])
 
     latest = resolve_weights(str(publish / "latest"))
     assert latest.model_id == "bundle:run-2"

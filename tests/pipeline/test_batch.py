@@ -58,8 +58,8 @@ def bucket(s3_options, s3_fs, content_dir, style_dir):
     fs = s3_fs
     fs.mkdir("photos")
     fs.mkdir("styles")
-    gate = Image.open(content_dir / "golden_gate_512.jpg").convert("RGB")
-    portrait = Image.open(content_dir / "portrait_420.jpg").convert("RGB")
+    gate = Image.open(content_dir / "astronaut_512.jpg").convert("RGB")
+    portrait = Image.open(content_dir / "rocket_420.jpg").convert("RGB")
     files = {
         # fits in one tile, with alpha: one actor call
         "in/small.png": _encode(portrait.resize((96, 80)).convert("RGBA"), "PNG"),
@@ -74,7 +74,7 @@ def bucket(s3_options, s3_fs, content_dir, style_dir):
     }
     for key, data in files.items():
         fs.pipe_file(f"photos/{key}", data)
-    style = Image.open(style_dir / "brushwork_512.jpg").convert("RGB").resize((256, 256))  # under --max-pixels
+    style = Image.open(style_dir / "strokes_512.jpg").convert("RGB").resize((256, 256))  # under --max-pixels
     fs.pipe_file("styles/brush.jpg", _encode(style, "JPEG", quality=95))
     return {"input": "s3://photos/in", "styles": ["s3://styles/brush.jpg", "s3://styles/missing.jpg"]}
 
@@ -195,8 +195,8 @@ def test_killed_actor_is_restarted_and_its_tiles_retried(ray_cluster, content_di
                                                          model_set, tmp_path):
     source, out = tmp_path / "in", tmp_path / "out"
     source.mkdir()
-    Image.open(content_dir / "golden_gate_512.jpg").convert("RGB").resize((400, 300)).save(source / "gate.png")
-    style = str(style_dir / "brushwork_512.jpg")
+    Image.open(content_dir / "astronaut_512.jpg").convert("RGB").resize((400, 300)).save(source / "gate.png")
+    style = str(style_dir / "strokes_512.jpg")
     killer = _KillOnProgress(after=10)
     logger = logging.getLogger("ultrastyle.batch")
     logger.addHandler(killer)
@@ -208,7 +208,7 @@ def test_killed_actor_is_restarted_and_its_tiles_retried(ray_cluster, content_di
 
     row = read_manifest(str(out)).to_pylist()[0]
     assert row["status"] == "ok" and row["tiles"] == 12
-    got = _decode((out / "gate__brushwork_512.png").read_bytes())
+    got = _decode((out / "gate__strokes_512.png").read_bytes())
     want = _reference(str(source / "gate.png"), style, tmp_path, model_set, None)
     assert _psnr(got, want) >= 50
 
@@ -217,26 +217,26 @@ def test_whole_mode_runs_each_image_in_one_actor_call(ray_cluster, content_dir, 
                                                       tmp_path):
     source, out = tmp_path / "in", tmp_path / "out"
     source.mkdir()
-    Image.open(content_dir / "portrait_420.jpg").convert("RGB").resize((200, 150)).save(source / "face.png")
-    style = str(style_dir / "brushwork_512.jpg")
+    Image.open(content_dir / "rocket_420.jpg").convert("RGB").resize((200, 150)).save(source / "face.png")
+    style = str(style_dir / "strokes_512.jpg")
     assert main(_args(str(source), str(out), [style], weights_dir, "--mode", "whole")) == 0
     [row] = read_manifest(str(out)).to_pylist()
     assert (row["status"], row["mode"], row["tiles"], row["width"], row["height"]) == ("ok", "whole", 1, 200, 150)
     assert row["read_seconds"] > 0 and row["write_seconds"] > 0 and row["worker"].startswith("model-")
-    got = _decode((out / "face__brushwork_512.png").read_bytes())
+    got = _decode((out / "face__strokes_512.png").read_bytes())
     style_stats = load_style(style, model_set, style_size=STYLE_SIZE)
     stylize_file(str(source / "face.png"), str(tmp_path / "ref.png"), style_stats, model_set, mode="whole")
     assert _psnr(got, _decode((tmp_path / "ref.png").read_bytes())) >= 50
 
 
-def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, content_dir, style_dir, tmp_path, caplog):
+def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, content_dir, style_dir, tmp_path, capsys):
     source = tmp_path / "in"
     source.mkdir()
-    Image.open(content_dir / "portrait_420.jpg").convert("RGB").resize((64, 64)).save(source / "face.png")
-    argv = _args(str(source), str(tmp_path / "out"), [str(style_dir / "brushwork_512.jpg")], tmp_path / "no-weights")
+    Image.open(content_dir / "rocket_420.jpg").convert("RGB").resize((64, 64)).save(source / "face.png")
+    argv = _args(str(source), str(tmp_path / "out"), [str(style_dir / "strokes_512.jpg")], tmp_path / "no-weights")
     assert main(argv) == 1
-    [line] = [r.getMessage() for r in caplog.records if "model actors failed to start" in r.getMessage()]
-    assert "\n" not in line and "no-weights" in line
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # checked on the driver, before any actor starts
+    assert line.startswith("ultrastyle stylize: error: weights location") and "no-weights" in line
 
 
 @pytest.mark.parametrize(
@@ -247,6 +247,6 @@ def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, conten
 def test_bad_flags_are_refused_before_anything_runs(flag, value, message, tmp_path, weights_dir, capsys):
     (tmp_path / "in").mkdir()
     argv = [*_args(str(tmp_path / "in"), str(tmp_path / "out"), ["s.jpg"], weights_dir), flag, value]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -15,18 +15,18 @@ def test_choose_mode():
 
 
 def test_style_size_resizes_the_longer_side(model_set, style_dir):
-    stats = load_style(str(style_dir / "matisse_hat_591x800.jpg"), model_set, style_size=256)
+    stats = load_style(str(style_dir / "strokes_591x800.jpg"), model_set, style_size=256)
     # 800 -> 256 and 591 -> 189; level 1 keeps full resolution.
     assert stats[1].count == 256 * 189
 
 
 def test_streamed_tiff_in_exact_mode_equals_png_in_whole_mode(model_set, style_dir, content_dir, tmp_path):
-    rgb = np.asarray(Image.open(content_dir / "portrait_420.jpg").convert("RGB"))[:400, :390]
+    rgb = np.asarray(Image.open(content_dir / "rocket_420.jpg").convert("RGB"))[:400, :390]
     alpha = (np.arange(390)[None, :] * 255 // 389).repeat(400, 0).astype(np.uint8)
     rgba = np.dstack([rgb, alpha])
     Image.fromarray(rgba, "RGBA").save(tmp_path / "in.png")
     tifffile.imwrite(tmp_path / "in.tif", rgba, tile=(64, 64), photometric="rgb", extrasamples=("unassalpha",))
-    style = load_style(str(style_dir / "sculpture_570.jpg"), model_set)
+    style = load_style(str(style_dir / "strokes_570.jpg"), model_set)
     whole = stylize_file(str(tmp_path / "in.png"), str(tmp_path / "whole.png"), style, model_set, mode="whole")
     exact = stylize_file(str(tmp_path / "in.tif"), str(tmp_path / "exact.tif"), style, model_set, tile=128)
     assert (whole.mode, exact.mode, exact.tiles) == ("whole", "exact", 16)
@@ -45,7 +45,7 @@ def test_uint8_images_run_in_every_mode(model_set, style_dir):
     from pipeline.imageio import LoadedImage
     from pipeline.tiled import read_rgb
 
-    style = load_style(str(style_dir / "brushwork_512.jpg"), model_set)
+    style = load_style(str(style_dir / "strokes_512.jpg"), model_set)
     image = LoadedImage(synthetic_image(96, 112))
     results = {}
     for mode in ("whole", "exact"):

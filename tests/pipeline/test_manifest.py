@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -11,7 +13,7 @@ from pipeline.manifest import (
     SCHEMA,
     ManifestRow,
     ManifestWriter,
-    completed_pairs,
+    Pair,
     existing_files,
     join_uri,
     list_inputs,
@@ -19,7 +21,9 @@ from pipeline.manifest import (
     one_line_error,
     plan_pairs,
     read_manifest,
+    resume,
     summarize,
+    with_settings,
 )
 
 
@@ -73,7 +77,7 @@ def test_list_inputs_of_nothing_is_a_clear_error(tmp_path):
         list_inputs(str(tmp_path / "missing"))
 
 
-def test_manifest_round_trip_and_completed_pairs(tmp_path):
+def test_manifest_round_trip_and_resume(tmp_path):
     out = str(tmp_path / "out")
     writer = ManifestWriter(out, run_id=new_run_id())
     rows = [
@@ -94,9 +98,65 @@ def test_manifest_round_trip_and_completed_pairs(tmp_path):
     assert table["finished_at"].null_count == 0
 
     (tmp_path / "out" / "a__s.jpg").write_bytes(b"x")  # c's output is gone: it must run again
-    done = completed_pairs(table, existing_files(out))
-    assert list(done) == [("in/a.jpg", "s.jpg", f"{out}/a__s.jpg")]
-    assert done[("in/a.jpg", "s.jpg", f"{out}/a__s.jpg")]["worker"] == "model-0"
+    pairs = [Pair(r.content_uri, r.style_uri, r.output_uri) for r in rows]
+    todo, decided = resume(pairs, table, existing_files(out))
+    assert decided == []
+    assert [(p.content_uri, p.reason) for p in todo] == [
+        ("in/a.jpg", "no settings recorded by the last run"),  # a row from before fingerprints
+        ("in/b.jpg", "last run failed"),
+        ("in/c.jpg", "output missing"),
+    ]
+
+
+SETTINGS = {"model_id": "cd16x", "weights": {"1SE": "aa" * 32, "1SD": "bb" * 32}, "alpha": 1.0, "style_size": None,
+            "mode": "auto", "format": "PNG", "quality": None, "style": "sha256:" + "cc" * 32, "code": "0.1.0"}
+
+
+def _run(out: str, pairs: list[Pair], statuses: dict[str, str]) -> None:
+    """Write one run's rows the way the job does: the writer stamps each pair's settings and reason."""
+    writer = ManifestWriter(out, run_id=new_run_id(), pairs=pairs)
+    writer.write([ManifestRow(*p.key, statuses.get(p.content_uri, "ok"), width=4, height=3) for p in pairs])
+
+
+def test_resume_skips_only_a_finished_pair_with_the_same_settings_and_says_why_it_redoes_the_rest(tmp_path):
+    out = str(tmp_path / "out")
+    plan = [with_settings(Pair(f"in/{n}.png", "s.jpg", f"{out}/{n}__s.png"), SETTINGS) for n in "abcd"]
+    todo, decided = resume(plan, read_manifest(out), existing_files(out))
+    assert decided == [] and {p.reason for p in todo} == {"new"}
+    _run(out, todo, {"in/c.png": "failed"})
+    for name in "abd":
+        (tmp_path / "out" / f"{name}__s.png").write_bytes(b"x")
+
+    table = read_manifest(out)
+    assert set(table["reason"].to_pylist()) == {"new"}
+    assert set(table["fingerprint"].to_pylist()) == {plan[0].fingerprint}
+    assert json.loads(table["settings"][0].as_py()) == SETTINGS
+
+    (tmp_path / "out" / "d__s.png").unlink()
+    todo, decided = resume(plan, table, existing_files(out))
+    assert [(r.content_uri, r.status) for r in decided] == [("in/a.png", "skipped"), ("in/b.png", "skipped")]
+    assert decided[0].fingerprint == plan[0].fingerprint and decided[0].width == 4 and decided[0].reason == ""
+    assert [(p.content_uri, p.reason) for p in todo] == [("in/c.png", "last run failed"),
+                                                         ("in/d.png", "output missing")]
+
+    # A skipped row counts as finished on the next run; new settings redo every pair and say which changed.
+    ManifestWriter(out, run_id=new_run_id()).write(decided)
+    table = read_manifest(out)
+    assert [p.content_uri for p in resume(plan, table, existing_files(out))[0]] == ["in/c.png", "in/d.png"]
+    changed = dict(SETTINGS, alpha=0.5, weights={"1SE": "aa" * 32, "1SD": "dd" * 32})
+    replan = [with_settings(Pair(*p.key), changed) for p in plan]
+    todo, decided = resume(replan, table, existing_files(out))
+    assert decided == []
+    assert todo[0].reason == "settings changed: alpha 1.0 -> 0.5; weights 1SD bbbbbbbbbbbb -> dddddddddddd"
+    todo, decided = resume(plan, table, existing_files(out), overwrite=True)
+    assert decided == [] and {p.reason for p in todo} == {"overwrite"}
+
+
+def test_resume_fails_a_pair_with_a_planning_error_without_running_it(tmp_path):
+    pair = with_settings(Pair("in/a.png", "s.jpg", "out/a__s.png", error="style image failed: no such file: s.jpg"),
+                         SETTINGS)
+    todo, [row] = resume([pair], read_manifest(str(tmp_path)), set(), overwrite=True)
+    assert todo == [] and (row.status, row.error, row.fingerprint) == ("failed", pair.error, pair.fingerprint)
 
 
 def test_reading_a_manifest_that_is_not_there_gives_an_empty_table(tmp_path):

@@ -24,16 +24,16 @@ def psnr8(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def style(model_set, style_dir):
-    return style_statistics(to_tensor(read_image(str(style_dir / "brushwork_512.jpg")).rgb), model_set)
+    return style_statistics(to_tensor(read_image(str(style_dir / "strokes_512.jpg")).rgb), model_set)
 
 
 # (content file, crop height, crop width, tile): tiles that divide and tiles that do not, and
 # sides that are not multiples of 16.
 CASES = [
-    ("golden_gate_512.jpg", 512, 512, 256),
-    ("golden_gate_512.jpg", 500, 470, 208),
-    ("portrait_420.jpg", 420, 420, 128),
-    ("blossom_2048.jpg", 333, 517, 160),
+    ("astronaut_512.jpg", 512, 512, 256),
+    ("astronaut_512.jpg", 500, 470, 208),
+    ("rocket_420.jpg", 420, 420, 128),
+    ("photo_mosaic_1024.jpg", 333, 517, 160),
 ]
 
 
@@ -61,7 +61,7 @@ def _level_inputs(model_set, style, rgb):
 
 
 def test_merged_tile_statistics_equal_the_whole_image_statistics(model_set, style, content_dir):
-    rgb = read_image(str(content_dir / "golden_gate_512.jpg")).rgb[:480, :464]
+    rgb = read_image(str(content_dir / "astronaut_512.jpg")).rgb[:480, :464]
     for level, image in _level_inputs(model_set, style, rgb).items():
         encoder = model_set.encoders[level]
         with torch.inference_mode():
@@ -93,7 +93,7 @@ def _tiled_level(model_set, image, level, transform, geo, tile):
 @pytest.mark.parametrize("level", [5, 4, 3, 2])
 def test_the_computed_halo_is_needed(model_set, style, content_dir, level):
     """Round B with the computed halo is exact; 16 px less visibly is not."""
-    rgb = read_image(str(content_dir / "golden_gate_512.jpg")).rgb[:384, :384]
+    rgb = read_image(str(content_dir / "astronaut_512.jpg")).rgb[:384, :384]
     image = _level_inputs(model_set, style, rgb)[level]
     encoder, decoder = model_set.encoders[level], model_set.decoders[level]
     with torch.inference_mode():
@@ -118,7 +118,7 @@ def test_the_computed_halo_is_needed(model_set, style, content_dir, level):
 def test_thumbnail_mode_is_close_to_whole_but_not_exact(model_set, style, content_dir):
     from pipeline.tiled import stylize_thumbnail, thumbnail
 
-    rgb = read_image(str(content_dir / "blossom_2048.jpg")).rgb[:768, :640]
+    rgb = read_image(str(content_dir / "photo_mosaic_1024.jpg")).rgb[:768, :640]
     canvas = canvas_from_array(rgb, workdir=None)
     small = thumbnail(canvas, 768, 640, size=256)
     assert small.shape == (1, 3, 256, 213)

@@ -61,9 +61,9 @@ def _to_tensor(path: Path) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def real_features(model_set, content_dir: Path, style_dir: Path) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Level 1, 4 and 5 features (C, H, W) float32 of golden_gate_512 and brushwork_512."""
-    content = _to_tensor(content_dir / "golden_gate_512.jpg")
-    style = _to_tensor(style_dir / "brushwork_512.jpg")
+    """Level 1, 4 and 5 features (C, H, W) float32 of astronaut_512 and strokes_512."""
+    content = _to_tensor(content_dir / "astronaut_512.jpg")
+    style = _to_tensor(style_dir / "strokes_512.jpg")
     out = {}
     with torch.inference_mode():
         for level in (1, 4, 5):

@@ -1,4 +1,4 @@
-"""Training images, teachers, promotion and figures of the distillation job, without Ray."""
+"""jobs/distill/data.py: training images, the held-out split and crops (no Ray needed)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,9 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from models import CD16X, VGG19
-from pipeline.distill_data import (
-    Teacher,
-    decode_for_crops,
-    list_images,
-    random_crops,
-    render_loss_curves,
-    render_reconstructions,
-    should_promote,
-    split_holdout,
-)
+from jobs.distill.data import decode_for_crops, list_images, random_crops, split_holdout
 from pipeline.imageio import ImageError
 
 
@@ -69,35 +58,3 @@ def test_random_crops_cover_scales_and_flips():
     assert len({crops[i].tobytes() for i in range(32)}) > 16
     with pytest.raises(ValueError, match="smaller"):
         random_crops(image, size=256, count=1, rng=np.random.default_rng())
-
-
-def test_teacher_sources(weights_dir):
-    assert Teacher("torchvision-vgg19").is_vgg19 and Teacher("torchvision-vgg19:random").is_vgg19
-    assert not Teacher(str(weights_dir)).is_vgg19
-    assert Teacher("torchvision-vgg19:random").family() == VGG19
-    assert not Teacher("torchvision-vgg19").has_decoder(1)
-    official = Teacher(str(weights_dir))
-    assert official.family() == CD16X and official.has_decoder(5)
-    with pytest.raises(ValueError, match="expected"):
-        Teacher("torchvision-vgg19:imagenet").encoder(1)
-
-
-def test_random_vgg19_teacher_is_the_same_for_the_same_seed():
-    a, b = Teacher("torchvision-vgg19:random", seed=3), Teacher("torchvision-vgg19:random", seed=3)
-    torch.testing.assert_close(a.encoder(1).conv11.weight, b.encoder(1).conv11.weight)
-
-
-def test_promotion_rule():
-    assert should_promote({1: 20.0}, None)
-    assert should_promote({1: 20.0, 2: 18.0}, {1: 19.0, 2: 19.0})  # mean 19 >= 19
-    assert not should_promote({1: 20.0, 2: 17.9}, {1: 19.0, 2: 19.0})
-    assert should_promote({1: 25.0}, {1: 25.0, 5: 40.0})  # only shared levels count
-    assert not should_promote({2: 30.0}, {1: 10.0})
-
-
-def test_figures_are_pngs():
-    curves = {"L1 student encoder": [1.0, 0.5, 0.25], "L1 student decoder": [0.1, 0.1]}
-    assert render_loss_curves(curves)[:4] == b"\x89PNG"
-    tile = torch.rand(1, 3, 32, 48)
-    png = render_reconstructions({"teacher": [("input", tile), ("L1", tile)], "student": [("input", tile)]})
-    assert Image.open(io.BytesIO(png)).size == (96, 2 * (32 + 14))

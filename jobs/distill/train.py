@@ -1,0 +1,357 @@
+"""The distillation's training: the stages, the Ray Train worker loop and its launcher.
+
+Per level the stages are
+
+1. ``teacher decoder``: only for a teacher that comes without one (torchvision's VGG-19);
+2. ``student encoder``: pruned from the teacher (:mod:`models.pruning`), trained with the
+   embed and collaboration losses (:class:`models.losses.DistillationObjective`);
+3. ``student decoder``: the teacher decoder behind the student's Q, pruned
+   (:func:`models.pruning.prune_decoder`), trained with pixel + perceptual loss
+   (:class:`models.losses.DecoderObjective`),
+
+all in one :class:`ray.train.torch.TorchTrainer` run with DDP, a checkpoint every
+``checkpoint_every`` steps (rank 0 alone writes it) and a ``FailureConfig`` so a lost worker
+resumes from the last checkpoint, mid-stage. The losses and the pruning live in ``models/``;
+this module only wires them to Ray Train.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer, get_device, prepare_model
+
+from jobs.distill.data import arrow_fs, load_eval_images
+from jobs.distill.teachers import Teacher
+from models import Decoder, Encoder, FamilySpec
+from models.losses import DecoderObjective, DistillationObjective
+from models.pruning import prune_decoder, prune_encoder
+
+__all__ = [
+    "STUDENT_DECODER",
+    "STUDENT_ENCODER",
+    "TEACHER_DECODER",
+    "Stage",
+    "TrainState",
+    "final_models",
+    "fit",
+    "plan_stages",
+    "stage_summary",
+    "train_loop_per_worker",
+]
+
+log = logging.getLogger("ultrastyle.distill")
+
+STATE_FILE = "state.pt"
+TEACHER_DECODER, STUDENT_ENCODER, STUDENT_DECODER = "TD", "SE", "SD"
+_KIND_TITLES = {
+    TEACHER_DECODER: "teacher decoder",
+    STUDENT_ENCODER: "student encoder",
+    STUDENT_DECODER: "student decoder",
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: what is trained (``kind``: TD, SE or SD) for which level."""
+
+    level: int
+    kind: str
+
+    @property
+    def key(self) -> str:
+        """File-style name of what the stage produces: ``2SE`` is the level-2 student encoder."""
+        return f"{self.level}{self.kind}"
+
+    @property
+    def title(self) -> str:
+        return f"L{self.level} {_KIND_TITLES[self.kind]}"
+
+
+def plan_stages(levels: list[int], untrained_teacher_decoders: set[int]) -> list[Stage]:
+    """Stages in run order: per level, the teacher decoder if missing, then student encoder, decoder."""
+    stages = []
+    for level in levels:
+        if level in untrained_teacher_decoders:
+            stages.append(Stage(level, TEACHER_DECODER))
+        stages += [Stage(level, STUDENT_ENCODER), Stage(level, STUDENT_DECODER)]
+    return stages
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds, so a restarted worker group picks up mid-stage.
+
+    Attributes:
+        stage: index of the stage in progress (``len(stages)`` when all are done).
+        step: steps of that stage already taken.
+        done: stage key -> state dict of every finished stage.
+        module: state dict of the module being trained, mid-stage.
+        optimizer: its optimizer's state, mid-stage.
+        history: stage key -> one row of loss terms per step, in ``terms[key]`` order.
+        terms: stage key -> names of the loss terms its rows hold.
+        seconds: stage key -> wall seconds spent on its steps (over every attempt).
+        held_out: stage key -> its loss terms on a fixed held-out batch at ``"start"`` and ``"end"``.
+        starts: ``[stage, step]`` at which each attempt of the run started.
+    """
+
+    stage: int = 0
+    step: int = 0
+    done: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    module: dict[str, torch.Tensor] | None = None
+    optimizer: dict[str, Any] | None = None
+    history: dict[str, list[list[float]]] = field(default_factory=dict)
+    terms: dict[str, list[str]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    held_out: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    starts: list[list[int]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, checkpoint: ray.train.Checkpoint | None) -> TrainState:
+        """The state in ``checkpoint`` (a fresh one for ``None``); tensors only, no pickled code."""
+        if checkpoint is None:
+            return cls()
+        with checkpoint.as_directory() as folder:
+            return cls(**torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True))
+
+
+# ------------------------------------------------------------------------------- the workers
+
+
+def _teacher_decoder(level: int, teacher: Teacher, state: TrainState) -> Decoder:
+    """The teacher's own decoder, or the one this run trained for it."""
+    decoder = teacher.decoder(level)
+    if decoder is None:
+        decoder = Decoder(level, teacher.family())
+        decoder.load_state_dict(state.done[f"{level}{TEACHER_DECODER}"])
+    return decoder.eval()
+
+
+def _stage_modules(
+    stage: Stage, state: TrainState, teacher: Teacher, family: FamilySpec, config: dict[str, Any]
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(objective, the part of it that learns) for ``stage``, initialised as the stage starts."""
+    level = stage.level
+    t_enc = teacher.encoder(level)
+    if stage.kind == TEACHER_DECODER:
+        with torch.random.fork_rng():
+            torch.manual_seed(config["seed"] + level)  # the same start on every rank
+            decoder = teacher.blank_decoder(level)
+        return DecoderObjective(decoder, t_enc, t_enc, lambda_p=config["lambda_p"]), decoder
+    t_dec = _teacher_decoder(level, teacher, state)
+    student, _ = prune_encoder(t_enc, family)
+    if stage.kind == STUDENT_ENCODER:
+        objective = DistillationObjective(student, t_enc, t_dec, beta=config["beta"], lambda_p=config["lambda_p"])
+        return objective, student
+    student.load_state_dict(state.done[f"{level}{STUDENT_ENCODER}"])
+    decoder = prune_decoder(t_dec, family, getattr(student, f"{student.plan[-1]}_aux"))
+    return DecoderObjective(decoder, student, t_enc, lambda_p=config["lambda_p"]), decoder
+
+
+def _batches(shard: Any, batch_size: int) -> Iterator[torch.Tensor]:
+    """Endless ``(B, 3, S, S)`` batches from this worker's dataset shard, epoch after epoch."""
+    while True:
+        count = 0
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=256):
+            count += 1
+            yield batch["image"]
+        if count == 0:
+            raise ValueError(
+                f"an epoch gave this worker no full batch of --batch-size {batch_size}: "
+                "raise --crops-per-image or lower --batch-size"
+            )
+
+
+def _report(state: TrainState, metrics: dict[str, Any], *, rank: int) -> None:
+    """Report metrics from every rank (a barrier); rank 0 alone attaches the checkpoint."""
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(vars(state), Path(folder) / STATE_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _probe_batch(uris: list[str], size: int, storage_options: dict[str, Any] | None) -> torch.Tensor:
+    """A fixed batch of centre crops of the held-out images: ``(N, 3, size, size)`` in [0, 1].
+
+    Training losses move with every random crop; the objective on the same held-out batch
+    at the start and the end of a stage says whether the stage helped.
+    """
+    crops = []
+    for image in load_eval_images(uris, side=size, storage_options=storage_options):
+        h, w = image.shape[-2:]
+        top, left = (h - size) // 2, (w - size) // 2
+        crops.append(image[..., top : top + size, left : left + size])
+    return torch.cat(crops)
+
+
+def _held_out_terms(objective: torch.nn.Module, probe: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        return {k: round(float(v), 6) for k, v in objective(probe).items()}
+
+
+def _train_stage(
+    index: int,
+    stage: Stage,
+    state: TrainState,
+    batches: Iterator[torch.Tensor],
+    probe: torch.Tensor,
+    modules: tuple[torch.nn.Module, torch.nn.Module],
+    config: dict[str, Any],
+) -> None:
+    """Run (the rest of) one stage: Adam with a linear warm-up, rank 0 logging and checkpointing."""
+    objective, trainable = modules
+    if state.module is not None:
+        trainable.load_state_dict(state.module)
+    model = prepare_model(objective)  # moves the objective to the device, DDP-wraps it
+    probe = probe.to(get_device())
+    if state.step == 0:
+        state.held_out[stage.key] = {"start": _held_out_terms(objective, probe)}
+    optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=config["lr"])
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
+    rank, steps = ray.train.get_context().get_world_rank(), config["steps"]
+    rows = state.history.setdefault(stage.key, [])
+    start, first = time.perf_counter(), state.step + 1
+    for step in range(first, steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = config["lr"] * min(1.0, step / config["warmup_steps"])
+        terms = model(next(batches))
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        state.terms[stage.key] = list(terms)
+        rows.append([float(v.detach()) for v in terms.values()])
+        state.step = step
+        if rank == 0 and (step % config["log_every"] == 0 or step in (1, steps)):
+            text = " ".join(f"{k}={v:.4g}" for k, v in zip(terms, rows[-1], strict=True))
+            rate = (step - first + 1) / (time.perf_counter() - start)
+            log.info(
+                "[%d/%d] %s step %d/%d %s (%.2f steps/s)",
+                index + 1,
+                len(config["stages"]),
+                stage.title,
+                step,
+                steps,
+                text,
+                rate,
+            )
+        if step % config["checkpoint_every"] and step != steps:
+            continue
+        state.seconds[stage.key] = state.seconds.get(stage.key, 0.0) + time.perf_counter() - start
+        if step == steps:
+            state.held_out[stage.key]["end"] = _held_out_terms(objective, probe)
+            state.done[stage.key] = {k: v.detach().cpu().clone() for k, v in trainable.state_dict().items()}
+            state.stage, state.step, state.module, state.optimizer = index + 1, 0, None, None
+        else:
+            state.module, state.optimizer = trainable.state_dict(), optimizer.state_dict()
+        metrics = {"stage": index, "level": stage.level, "kind": stage.kind, "step": step}
+        _report(state, {**metrics, **dict(zip(state.terms[stage.key], rows[-1], strict=True))}, rank=rank)
+        start, first = time.perf_counter(), step + 1
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: resume from the latest checkpoint, then run the remaining stages."""
+    torch.set_num_threads(config["threads"])
+    state = TrainState.load(ray.train.get_checkpoint())
+    state.starts.append([state.stage, state.step])
+    if ray.train.get_context().get_world_rank() == 0 and len(state.starts) > 1:
+        log.info("resuming at stage %d step %d (attempt %d)", state.stage + 1, state.step, len(state.starts))
+    teacher = Teacher(config["teacher"], config["storage_options"], config["seed"])
+    family = FamilySpec(**config["family"])
+    stages = [Stage(**s) for s in config["stages"]]
+    batches = _batches(ray.train.get_dataset_shard("train"), config["batch_size"])
+    probe = _probe_batch(config["held_out"], config["image_size"], config["storage_options"])
+    for index in range(state.stage, len(stages)):
+        modules = _stage_modules(stages[index], state, teacher, family, config)
+        _train_stage(index, stages[index], state, batches, probe, modules, config)
+
+
+def final_models(
+    state: TrainState, teacher: Teacher, family: FamilySpec, levels: list[int]
+) -> dict[str, dict[int, torch.nn.Module]]:
+    """Student and teacher encoders/decoders per level, as the finished run left them."""
+    models: dict[str, dict[int, torch.nn.Module]] = {"SE": {}, "SD": {}, "TE": {}, "TD": {}}
+    for level in levels:
+        models["SE"][level] = Encoder(level, family)
+        models["SE"][level].load_state_dict(state.done[f"{level}{STUDENT_ENCODER}"])
+        models["SD"][level] = Decoder(level, family)
+        models["SD"][level].load_state_dict(state.done[f"{level}{STUDENT_DECODER}"])
+        models["TE"][level] = teacher.encoder(level)
+        models["TD"][level] = _teacher_decoder(level, teacher, state)
+    return models
+
+
+def stage_summary(state: TrainState, stages: list[Stage], window: int = 10) -> dict[str, dict[str, Any]]:
+    """Per stage: steps/s, the mean of each loss term over its first and last ``window`` steps, and
+    the terms on the held-out batch before and after the stage."""
+    summary = {}
+    for stage in stages:
+        rows = np.asarray(state.history[stage.key], dtype=np.float64)
+        names = state.terms[stage.key]
+        summary[stage.key] = {
+            "title": stage.title,
+            "steps": len(rows),
+            "steps_per_second": round(len(rows) / state.seconds[stage.key], 3)
+            if state.seconds.get(stage.key)
+            else None,
+            "first_loss": dict(zip(names, rows[:window].mean(axis=0).round(6).tolist(), strict=True)),
+            "final_loss": dict(zip(names, rows[-window:].mean(axis=0).round(6).tolist(), strict=True)),
+            "held_out_loss": state.held_out.get(stage.key),
+        }
+    return summary
+
+
+# -------------------------------------------------------------------------------- the launcher
+
+
+def fit(
+    config: dict[str, Any],
+    dataset: ray.data.Dataset,
+    *,
+    run_id: str,
+    storage: str,
+    workers: int,
+    resources_per_worker: dict[str, float],
+    gpu: bool,
+    max_failures: int,
+    storage_options: dict[str, Any] | None,
+) -> TrainState:
+    """Run :func:`train_loop_per_worker` on ``workers`` Ray Train workers; the final state.
+
+    Args:
+        config: the loop's settings (see :func:`train_loop_per_worker`).
+        dataset: the training crops, sharded over the workers.
+        run_id, storage: checkpoints go to ``<storage>/<run id>/``; an existing run resumes.
+        resources_per_worker: Ray resources each worker reserves (``CPU``, ``GPU``).
+
+    Raises:
+        ray.train.TrainingFailedError: training failed more than ``max_failures`` times.
+    """
+    storage_path, storage_fs = arrow_fs(storage, storage_options)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources_per_worker),
+        run_config=RunConfig(
+            name=run_id,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": dataset},
+    )
+    return TrainState.load(trainer.fit().checkpoint)

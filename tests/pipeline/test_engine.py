@@ -68,7 +68,7 @@ def test_rotated_jpeg_with_a_profile_exact_equals_whole_through_files(model_set,
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(photo).save(tmp_path / "in.jpg", quality=92, exif=exif, icc_profile=p3.get("icc-profile-data"))
-    style = load_style(str(style_dir / "sculpture_570.jpg"), model_set)
+    style = load_style(str(style_dir / "strokes_570.jpg"), model_set)
     whole = stylize_file(str(tmp_path / "in.jpg"), str(tmp_path / "whole.png"), style, model_set, mode="whole")
     exact = stylize_file(str(tmp_path / "in.jpg"), str(tmp_path / "exact.png"), style, model_set, tile=128)
     assert (whole.width, whole.height, exact.mode, exact.tiles) == (400, 340, "exact", 12)

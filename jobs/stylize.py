@@ -23,11 +23,14 @@ from pathlib import PurePosixPath
 
 from fsspec.core import url_to_fs
 
-from pipeline.engine import MODES, load_style, stylize_file
-from pipeline.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, output_format
+from pipeline.controls import check_mask_size, check_weights, parse_weights, style_levels
+from pipeline.engine import MODES, choose_mode, load_style, stylize_file
+from pipeline.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, image_size, output_format
 from pipeline.models import load_model_set
 from pipeline.preflight import UsageError, check_format, check_output
-from pipeline.tiles import TILE_ALIGN
+from pipeline.progress import ProgressLine, TileProgress
+from pipeline.tiled import tile_rounds
+from pipeline.tiles import TILE_ALIGN, plan_tiles
 
 __all__ = ["build_parser", "check_args", "main"]
 
@@ -54,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights folder, bundle or <publish>/latest (default: $ULTRASTYLE_WEIGHTS, "
                    "else the CD 16x files embedded in the package: no download)")
     p.add_argument("--alpha", type=float, default=1.0, help="style strength in [0, 1] (default 1)")
+    p.add_argument("--style-weights", default=None, metavar="W1,W2,...",
+                   help="blend the --style images into one output with these weights (one per style, "
+                   "non-negative, normalised to sum 1)")
+    p.add_argument("--mask", default=None, metavar="URI",
+                   help="single image: a greyscale image of the content's size whose value i picks the i-th "
+                   "--style (from 0); batch: a folder or prefix holding <content stem>.png for each content image")
+    p.add_argument("--preserve-color", action="store_true",
+                   help="keep the content's colours: the output takes the stylized luminance and the content's "
+                   "chroma (YCbCr)")
     p.add_argument("--style-size", type=int, default=None, help="resize the style's longer side to N px")
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="whole: in memory; exact: tiled, same result; auto: exact when larger than one tile; "
@@ -73,13 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="CPUs per model actor, also its torch threads (batch; default 1)")
     p.add_argument("--io-cpus", type=float, default=0.0,
-                   help="CPUs per read/cut and write task (batch; default 0: I/O bound, bounded by --max-in-flight)")
+                   help="CPUs per read/cut and write task (batch; default 0: I/O bound, bounded by admission)")
     p.add_argument("--max-in-flight", type=int, default=4, help="images in flight at once (batch; default 4)")
-    p.add_argument("--calls-per-worker", type=int, default=2, help="model calls queued per actor (batch; default 2)")
+    p.add_argument("--max-in-flight-mp", type=float, default=None,
+                   help="megapixels in flight at once, read from the headers (batch; default: half the cluster's "
+                   "object store at 32 bytes per pixel; a larger image runs alone)")
     p.add_argument("--retries", type=int, default=3,
                    help="actor restarts and retries of calls and tasks lost with a worker (batch; default 3)")
     p.add_argument("--progress-seconds", type=float, default=10.0,
-                   help="interval of the progress line (batch; default 10)")
+                   help="interval of the progress line when stderr is not a terminal (default 10)")
     return p
 
 
@@ -101,11 +115,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--tile must be a positive multiple of {TILE_ALIGN}, got {args.tile}")
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
-    for name in ("max_in_flight", "calls_per_worker", "max_pixels"):
+    _check_controls(args)
+    for name in ("max_in_flight", "max_pixels"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.max_in_flight_mp is not None and args.max_in_flight_mp <= 0:
+        raise UsageError(f"--max-in-flight-mp must be positive, got {args.max_in_flight_mp}")
     if args.cpus_per_worker <= 0 or args.progress_seconds <= 0:
         raise UsageError("--cpus-per-worker and --progress-seconds must be positive, got "
                          f"{args.cpus_per_worker} and {args.progress_seconds}")
@@ -113,6 +130,22 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--io-cpus, --retries and --gpus-per-worker cannot be negative, got "
                          f"{args.io_cpus}, {args.retries} and {args.gpus_per_worker}")
     check_format(args.format)
+
+
+def _check_controls(args: argparse.Namespace) -> None:
+    """Refuse bad ``--style-weights`` / ``--mask`` combinations (parsing the weights into a tuple)."""
+    if isinstance(args.style_weights, str):
+        try:
+            args.style_weights = parse_weights(args.style_weights)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+    if args.style_weights is not None:
+        if args.mask is not None:
+            raise UsageError("--style-weights and --mask do not go together: the mask picks one style per pixel")
+        try:
+            check_weights(args.style_weights, len(args.style))
+        except ValueError as e:
+            raise UsageError(str(e)) from e
 
 
 def _is_single(uri: str, storage_options: dict | None) -> bool:
@@ -124,18 +157,34 @@ def _is_single(uri: str, storage_options: dict | None) -> bool:
 
 
 def _run_single(args: argparse.Namespace, content: str) -> int:
-    if len(args.style) > 1:
-        raise UsageError("a single image takes one --style; give an input folder or prefix for several styles")
+    if len(args.style) > 1 and args.style_weights is None and args.mask is None:
+        raise UsageError("a single image takes one --style, or several with --style-weights (one blended output) "
+                         "or --mask (a style per region); give an input folder or prefix for one output per style")
     try:
         output_format(args.output)
     except ImageError as e:
         raise UsageError(f"--output {e}") from e
     check_output(args.output, args.storage_options, folder=False)
+    if args.mask is not None:
+        width, height = image_size(content, args.storage_options)
+        check_mask_size(args.mask, height, width, args.storage_options)
     start = time.perf_counter()
     models = load_model_set(args.weights, storage_options=args.storage_options)
-    style = load_style(args.style[0], models, style_size=args.style_size, storage_options=args.storage_options,
-                       max_pixels=args.max_pixels)
+    styles = [load_style(uri, models, style_size=args.style_size, storage_options=args.storage_options,
+                         max_pixels=args.max_pixels) for uri in args.style]
+    style = style_levels(styles, weights=args.style_weights, masked=args.mask is not None)
     log.info("models %s loaded and style statistics ready in %.1f s", models.model_id, time.perf_counter() - start)
+    line = ProgressLine(log, seconds=args.progress_seconds)
+    progress = None
+    try:
+        width, height = image_size(content, args.storage_options)
+    except ImageError:
+        pass  # no progress to show: stylize_file refuses the input below, with the decoder's own message
+    else:
+        mode = choose_mode(args.mode, height, width, args.tile)
+        if mode != "whole":
+            tiles = len(plan_tiles(height, width, tile=args.tile))
+            progress = TileProgress(tile_rounds(tiles, len(models.levels), exact=mode == "exact"), line)
     report = stylize_file(
         content,
         args.output,
@@ -148,7 +197,11 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
         quality=args.quality,
         storage_options=args.storage_options,
         on_level=lambda level, s: log.info("level %d done in %.2f s", level, s),
+        on_tile=progress,
+        mask_uri=args.mask,
+        preserve_color=args.preserve_color,
     )
+    line.close()
     total = time.perf_counter() - start
     log.info(
         "wrote %s (%dx%d, %s mode, %d tiles) in %.1f s (%.3f MP/s)",

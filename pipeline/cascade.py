@@ -8,15 +8,16 @@ the result is cropped back to the input size.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from models.receptive import HALO_ALIGN
+from pipeline.controls import StyleLevel, keep_chroma, label_count, level_transform, region_stats, sample_labels
 from pipeline.models import ModelSet
-from pipeline.stats import FeatureStats, feature_stats
-from pipeline.wct import ColorTransform, apply_transform, whitening_coloring
+from pipeline.stats import FeatureStats, TileStats, feature_stats
+from pipeline.wct import TransformSet, apply_transforms
 
 __all__ = [
     "MIN_SIDE",
@@ -58,10 +59,13 @@ def encode(encoder: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
         return encoder(image.to(device, memory_format=torch.channels_last))
 
 
-def decode_transformed(decoder: torch.nn.Module, features: torch.Tensor, transform: ColorTransform) -> torch.Tensor:
-    """Whiten-colour ``features`` with ``transform`` and decode them to ``(N, 3, H, W)``."""
+def decode_transformed(
+    decoder: torch.nn.Module, features: torch.Tensor, transform: TransformSet, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Whiten-colour ``features`` with ``transform`` (per pixel by ``labels``, ``(H, W)``, when it
+    is one per mask label) and decode them to ``(N, 3, H, W)``."""
     with torch.inference_mode():
-        transformed = apply_transform(features, transform).contiguous(memory_format=torch.channels_last)
+        transformed = apply_transforms(features, transform, labels).contiguous(memory_format=torch.channels_last)
         return decoder(transformed)
 
 
@@ -79,45 +83,55 @@ def stylize_tile(
     tile: torch.Tensor,
     encoder: torch.nn.Module,
     decoder: torch.nn.Module,
-    style_stats: FeatureStats,
+    style_stats: StyleLevel,
     *,
     alpha: float,
-    content_stats: FeatureStats | None = None,
+    content_stats: TileStats | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One level of WCT on one tile.
 
     Args:
         tile: ``(1, 3, H, W)`` float32, H and W multiples of 16.
         encoder, decoder: the level's pair.
-        style_stats: the style's statistics at this level.
+        style_stats: the style's statistics at this level, or a blend / one per mask label
+            (:data:`pipeline.controls.StyleLevel`).
         alpha: style strength in [0, 1].
         content_stats: global content statistics; ``None`` uses the tile's own, which is the
             whole-image transform when the tile is the whole image.
+        mask: ``(H, W)`` labels at the tile's resolution, with one colouring per label.
 
     Returns:
         ``(1, 3, H, W)`` float32 on the models' device.
     """
     features = encode(encoder, tile)
-    stats = content_stats if content_stats is not None else feature_stats(features)
-    return decode_transformed(decoder, features, whitening_coloring(stats, style_stats, alpha=alpha))
+    labels = None if mask is None else sample_labels(mask, tile.shape[-1] // features.shape[-1])
+    stats = content_stats if content_stats is not None else region_stats(features, labels, label_count(style_stats))
+    return decode_transformed(decoder, features, level_transform(stats, style_stats, alpha=alpha), labels)
 
 
 def stylize_whole(
     content: torch.Tensor,
-    style_stats: dict[int, FeatureStats],
+    style_stats: Mapping[int, StyleLevel],
     models: ModelSet,
     *,
     alpha: float = 1.0,
     on_level: LevelCallback | None = None,
+    mask: torch.Tensor | None = None,
+    preserve_color: bool = False,
 ) -> torch.Tensor:
     """Stylize a whole image in memory with levels 5..1.
 
     Args:
         content: ``(1, 3, H, W)`` float32 RGB in [0, 1], both sides >= 32.
-        style_stats: from :func:`style_statistics` with the same ``models``.
+        style_stats: from :func:`style_statistics` with the same ``models``, or per level a
+            blend / one colouring per mask label (:func:`pipeline.controls.style_levels`).
         models: the loaded encoders/decoders.
         alpha: style strength in [0, 1].
         on_level: called as ``on_level(level, seconds)`` after each level.
+        mask: ``(H', W')`` labels of the reflect-padded image (sides rounded up to 16), with
+            one colouring per label in ``style_stats``.
+        preserve_color: keep the content's chroma (:func:`pipeline.controls.keep_chroma`).
 
     Returns:
         ``(1, 3, H, W)`` float32 on the CPU, clamped to [0, 1].
@@ -128,8 +142,9 @@ def stylize_whole(
     for level in models.levels:
         start = time.perf_counter()
         image = stylize_tile(
-            image, models.encoders[level], models.decoders[level], style_stats[level], alpha=alpha
+            image, models.encoders[level], models.decoders[level], style_stats[level], alpha=alpha, mask=mask
         )
         if on_level is not None:
             on_level(level, time.perf_counter() - start)
-    return image[..., :h, :w].clamp(0, 1).cpu()
+    out = image[..., :h, :w].clamp(0, 1).cpu()
+    return keep_chroma(out, content) if preserve_color else out

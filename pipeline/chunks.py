@@ -15,7 +15,26 @@ import numpy as np
 
 from pipeline.tiles import Rect
 
-__all__ = ["ChunkCanvas", "intersection", "overlapping"]
+__all__ = ["ChunkCanvas", "compact", "intersection", "overlapping", "unit_float"]
+
+
+def compact(values: np.ndarray) -> np.ndarray:
+    """``values`` (float in [0, 1]) as uint8 when that loses nothing, else as float32.
+
+    An 8-bit input decodes to multiples of 1/255; sending those as uint8 costs a quarter of
+    the bytes, and :func:`unit_float` gives back the very same float32 values.
+    """
+    quantized = np.rint(values * 255.0).clip(0, 255).astype(np.uint8)
+    if np.array_equal(unit_float(quantized), values):
+        return quantized
+    return np.asarray(values, dtype=np.float32)
+
+
+def unit_float(values: np.ndarray) -> np.ndarray:
+    """uint8 ``values`` scaled to float32 in [0, 1] (as decoding does); float values as float32."""
+    if values.dtype == np.uint8:
+        return values.astype(np.float32) / 255.0
+    return np.asarray(values, dtype=np.float32)
 
 
 def intersection(a: Rect, b: Rect) -> Rect | None:
@@ -38,6 +57,7 @@ def overlapping(rects: Sequence[Rect], region: Rect) -> list[int]:
 class ChunkCanvas:
     """A ``(C, H, W)`` float32 canvas made of non-overlapping chunks, kept by reference.
 
+    Chunks are float32, or uint8 standing for multiples of 1/255 (see :func:`compact`).
     Reads copy the requested rectangle out of the chunks that cover it; reading a pixel no
     chunk covers is an error, so a tile that was handed too few neighbours fails loudly
     instead of computing on zeros. Chunks may be read-only (arrays from Ray's object store
@@ -71,25 +91,27 @@ class ChunkCanvas:
                 continue
             src = common.relative_to(chunk_rect)
             dst = common.relative_to(rect)
-            out[(slice(None), *dst.slices())] = values[(slice(None), *src.slices())]
+            out[(slice(None), *dst.slices())] = unit_float(values[(slice(None), *src.slices())])
             covered += common.area
         if covered != rect.area:
             raise ValueError(f"{rect} is only partly covered by the {len(self._chunks)} chunks of this canvas")
         return out
 
     def write(self, rect: Rect, values: np.ndarray) -> None:
-        """Add ``values`` as the chunk at ``rect`` (kept by reference, not copied).
+        """Add ``values`` (float32 or uint8) as the chunk at ``rect`` (kept by reference, not copied).
 
         Raises:
-            ValueError: ``values`` does not have the rectangle's shape, ``rect`` leaves the
-                canvas, or it overlaps a chunk already written.
+            ValueError: ``values`` does not have the rectangle's shape or a known dtype,
+                ``rect`` leaves the canvas, or it overlaps a chunk already written.
         """
         expected = (self.channels, rect.height, rect.width)
         if values.shape != expected:
             raise ValueError(f"chunk at {rect} must have shape {expected}, got {values.shape}")
+        if values.dtype not in (np.float32, np.uint8):
+            raise ValueError(f"chunk at {rect} must be float32 or uint8, got {values.dtype}")
         if rect.y0 < 0 or rect.x0 < 0 or rect.y1 > self.height or rect.x1 > self.width:
             raise ValueError(f"chunk at {rect} leaves the {self.height}x{self.width} canvas")
         for other, _ in self._chunks:
             if intersection(other, rect) is not None:
                 raise ValueError(f"chunk at {rect} overlaps the chunk at {other}")
-        self._chunks.append((rect, np.asarray(values, dtype=np.float32)))
+        self._chunks.append((rect, values))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from pipeline.canvas import Canvas, MemoryCanvas
 from pipeline.cascade import LevelCallback, style_statistics, stylize_whole
+from pipeline.controls import StyleLevel, label_count, read_mask
 from pipeline.imageio import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
@@ -31,14 +32,25 @@ from pipeline.imageio import (
 from pipeline.models import ModelSet
 from pipeline.output import write_canvas
 from pipeline.stats import FeatureStats
-from pipeline.tiled import canvas_from_array, read_rgb, stylize_exact, stylize_thumbnail
-from pipeline.tiles import canvas_size, plan_tiles
+from pipeline.tiled import TileCallback, canvas_from_array, read_rgb, stylize_exact, stylize_thumbnail
+from pipeline.tiles import Rect, canvas_size, plan_tiles
 
-__all__ = ["MODES", "RunReport", "StyleStats", "choose_mode", "load_style", "stylize_file", "stylize_image"]
+__all__ = [
+    "MODES",
+    "RunReport",
+    "StyleLevels",
+    "StyleStats",
+    "choose_mode",
+    "load_style",
+    "stylize_file",
+    "stylize_image",
+]
 
 MODES = ("auto", "whole", "exact", "thumbnail")
 Mode = Literal["auto", "whole", "exact", "thumbnail"]
 StyleStats = dict[int, FeatureStats]
+# What the cascade colours with per level: one style's statistics, a blend, or one per mask label.
+StyleLevels = dict[int, StyleLevel]
 
 
 @dataclass
@@ -88,7 +100,7 @@ def choose_mode(mode: Mode, height: int, width: int, tile: int) -> str:
 
 def stylize_image(
     image: LoadedImage | StreamedImage,
-    style_stats: StyleStats,
+    style_stats: StyleStats | StyleLevels,
     models: ModelSet,
     *,
     mode: Mode = "auto",
@@ -96,8 +108,17 @@ def stylize_image(
     alpha: float = 1.0,
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
+    on_tile: TileCallback | None = None,
+    mask: Canvas | None = None,
+    preserve_color: bool = False,
 ) -> tuple[Canvas, RunReport]:
-    """Stylize a decoded or streamed image.
+    """Stylize a decoded or streamed image (``on_tile``: tiled modes' progress, see
+    :func:`pipeline.tiled.stylize_exact`).
+
+    ``style_stats`` may be one style's statistics or :func:`pipeline.controls.style_levels`'
+    blend or per-label colourings; ``mask`` (with the latter) holds the labels on a canvas of
+    the image's padded size (:func:`pipeline.controls.read_mask`); ``preserve_color`` keeps
+    the content's chroma. Every mode takes every control.
 
     Returns:
         ``(canvas, report)``: the result on a canvas (crop to ``image.height`` x
@@ -108,7 +129,9 @@ def stylize_image(
     start = time.perf_counter()
     if chosen == "whole":
         rgb = image.rgb if isinstance(image, LoadedImage) else read_rgb(image.canvas, h, w)
-        out = stylize_whole(to_tensor(rgb), style_stats, models, alpha=alpha, on_level=on_level)
+        labels = None if mask is None else torch.from_numpy(mask.read(Rect(0, 0, mask.height, mask.width))[0])
+        out = stylize_whole(to_tensor(rgb), style_stats, models, alpha=alpha, on_level=on_level, mask=labels,
+                            preserve_color=preserve_color)
         canvas: Canvas = MemoryCanvas(out[0].numpy())
         tiles = 1
     else:
@@ -116,11 +139,13 @@ def stylize_image(
         source = canvas_from_array(image.rgb, workdir=workdir) if owned else image.canvas
         if chosen == "exact":
             canvas = stylize_exact(
-                source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
+                source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
+                on_tile=on_tile, mask=mask, preserve_color=preserve_color,
             )
         else:
             canvas = stylize_thumbnail(
-                source, h, w, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
+                source, h, w, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
+                on_tile=on_tile, mask=mask, preserve_color=preserve_color,
             )
         if owned:
             source.close()
@@ -139,7 +164,7 @@ def read_content(
 def stylize_file(
     content_uri: str,
     output_uri: str,
-    style_stats: StyleStats,
+    style_stats: StyleStats | StyleLevels,
     models: ModelSet,
     *,
     mode: Mode = "auto",
@@ -149,26 +174,41 @@ def stylize_file(
     quality: int = 95,
     storage_options: dict[str, Any] | None = None,
     on_level: LevelCallback | None = None,
+    on_tile: TileCallback | None = None,
+    mask_uri: str | None = None,
+    preserve_color: bool = False,
 ) -> RunReport:
     """Read ``content_uri``, stylize it and write ``output_uri`` (alpha and ICC profile kept).
 
     The output's format, and whether it can hold the image, are checked from the input's
-    header before anything is decoded or stylized.
+    header before anything is decoded or stylized. ``mask_uri`` (with per-label colourings in
+    ``style_stats``) is read onto a canvas and checked (size, labels) before anything is
+    stylized.
     """
+    labels = label_count(next(iter(style_stats.values())))
+    if (mask_uri is None) != (labels == 0):
+        raise ValueError("a mask needs one colouring per style (style_levels(..., masked=True)) and vice versa")
     start = time.perf_counter()
     check_output(output_uri, *image_size(content_uri, storage_options))
     with tempfile.TemporaryDirectory(prefix="ultrastyle-") as workdir:
         image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
-        read_s = time.perf_counter() - start
+        mask = None
         try:
+            if mask_uri is not None:
+                mask = read_mask(mask_uri, height=image.height, width=image.width, styles=labels, workdir=workdir,
+                                 storage_options=storage_options, max_pixels=max_pixels)
+            read_s = time.perf_counter() - start
             canvas, report = stylize_image(
-                image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level
+                image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
+                on_tile=on_tile, mask=mask, preserve_color=preserve_color,
             )
             start = time.perf_counter()
             write_result(output_uri, canvas, image, quality=quality, storage_options=storage_options)
             canvas.close()
         finally:
             image.close()
+            if mask is not None:
+                mask.close()
     report.seconds = {"read": read_s, **report.seconds, "write": time.perf_counter() - start}
     return report
 

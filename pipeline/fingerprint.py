@@ -106,6 +106,7 @@ def pair_settings(
     style: str,
     output_uri: str,
     code: str,
+    controls: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The settings one output depends on, as a JSON-ready dict (the manifest's ``settings``).
 
@@ -116,9 +117,11 @@ def pair_settings(
         style: the style's content digest (:func:`style_digest`).
         output_uri: the pair's output; its extension gives the format.
         code: :func:`code_version`.
+        controls: the creative controls (:func:`pipeline.controls.control_settings`); absent
+            without any, so outputs made without controls keep their fingerprint.
     """
     fmt = output_format(output_uri)
-    return {
+    settings = {
         "model_id": model_id,
         "weights": dict(sorted(weights.items())),
         "alpha": float(alpha),
@@ -129,6 +132,9 @@ def pair_settings(
         "style": style,
         "code": code,
     }
+    if controls:
+        settings["controls"] = dict(sorted(controls.items()))
+    return settings
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:

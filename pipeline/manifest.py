@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from pipeline.controls import style_stem
 from pipeline.fingerprint import changes, fingerprint
 from pipeline.imageio import ImageError, output_format, write_bytes
 
@@ -269,7 +270,8 @@ def plan_pairs(
     """Every (content, style) pair with its output URI, in content-major order.
 
     The output keeps the content's folder below ``input_uri`` and is named
-    ``<content stem>__<style stem>.<ext>``; ``ext`` is ``fmt`` or the content's own extension
+    ``<content stem>__<style stem>.<ext>`` (``<stem>+<stem>`` for several styles joined by
+    :func:`pipeline.controls.join_styles`); ``ext`` is ``fmt`` or the content's own extension
     (PNG when that is not an image format we write).
 
     A content key with ``.``, ``..`` or empty components would put its output outside the
@@ -284,7 +286,7 @@ def plan_pairs(
         folder, name = posixpath.split(relative)
         parts = relative.split("/")
         for style in style_uris:
-            out = join_uri(output_uri, folder, f"{PurePosixPath(name).stem}__{PurePosixPath(style).stem}")
+            out = join_uri(output_uri, folder, f"{PurePosixPath(name).stem}__{style_stem(style)}")
             out += _extension(name, fmt)
             error = ""
             if any(p in ("", ".", "..") for p in parts):

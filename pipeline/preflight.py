@@ -25,6 +25,7 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from models import WeightSet, resolve_weights
+from pipeline.controls import control_settings, join_styles, mask_for, split_styles
 from pipeline.fingerprint import code_version, pair_settings, style_digest, weights_digests
 from pipeline.imageio import ImageError, check_pixels, image_size, output_format, write_bytes
 from pipeline.manifest import Pair, join_uri, one_line_error, with_settings
@@ -171,14 +172,33 @@ class BatchChecks:
         code = code_version()
         stamped = []
         for pair in pairs:
-            style = self.styles[pair.style_uri]
-            if style.error and not pair.error:
-                pair = replace(pair, error=f"style image failed: {style.error}")
+            styles = [self.styles[uri] for uri in split_styles(pair.style_uri)]
+            failed = next((style.error for style in styles if style.error), "")
+            if failed and not pair.error:
+                pair = replace(pair, error=f"style image failed: {failed}")
+            controls, mask_error = _pair_controls(pair, args)
+            if mask_error and not pair.error:
+                pair = replace(pair, error=mask_error)
             settings = pair_settings(model_id=self.model_id, weights=self.weights, alpha=args.alpha,
                                      style_size=args.style_size, mode=args.mode, quality=args.quality,
-                                     style=style.digest, output_uri=pair.output_uri, code=code)
+                                     style=join_styles([style.digest for style in styles]),
+                                     output_uri=pair.output_uri, code=code, controls=controls)
             stamped.append(with_settings(pair, settings))
         return stamped
+
+
+def _pair_controls(pair: Pair, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """A pair's control settings, and why its mask cannot be used (empty when it can)."""
+    digest, error = None, ""
+    if getattr(args, "mask", None):
+        uri = mask_for(pair.content_uri, input_uri=args.input_uri, mask_uri=args.mask)
+        try:
+            digest = style_digest(uri, args.storage_options)
+        except Exception as e:
+            digest, error = "missing", f"--mask: no mask {uri} for {pair.content_uri} ({one_line_error(e)})"
+    controls = control_settings(style_weights=getattr(args, "style_weights", None), mask=digest,
+                                preserve_color=getattr(args, "preserve_color", False))
+    return controls, error
 
 
 def check_batch(args: argparse.Namespace) -> BatchChecks:

@@ -1,13 +1,14 @@
 """The batch job's Ray side: a model actor and two I/O tasks, each a thin wrapper.
 
 The actor loads the weights once in ``__init__``; each method unpacks its arguments, calls
-one pipeline function (:func:`~pipeline.tiled.tile_round_a`, :func:`~pipeline.tiled.tile_round_b`,
-:func:`~pipeline.engine.stylize_image`, :func:`~pipeline.engine.stylize_file`,
-:func:`~pipeline.engine.load_style`) and packs the
-result with the seconds it took. The tasks read and cut an image (:func:`cut_image`) and
-stitch and write one (:func:`write_chunks`). Resources, restarts and retries are set where
-they are called (:mod:`pipeline.batch`, from the job's flags), never here. Together with
-:mod:`pipeline.batch` this is the only pipeline module that imports Ray.
+pipeline functions (:func:`~pipeline.tiled.tile_round_a`, :func:`~pipeline.tiled.tile_round_b`
+for several tiles per call, :func:`~pipeline.engine.stylize_file`,
+:func:`~pipeline.engine.load_style`) and packs the result with the seconds it took. The
+tasks read and cut an image (:func:`cut_image`) and stitch and write one
+(:func:`write_chunks`). Resources, restarts and retries are set where they are called
+(:mod:`pipeline.batch`, from the job's flags), never here. Together with
+:mod:`pipeline.batch` and :mod:`pipeline.ray_executor` these are the only pipeline modules
+that import Ray.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,22 +25,14 @@ import numpy as np
 import ray
 import torch
 
-from pipeline.chunks import ChunkCanvas, intersection
-from pipeline.engine import (
-    Mode,
-    RunReport,
-    StyleStats,
-    load_style,
-    read_content,
-    stylize_file,
-    stylize_image,
-    write_result,
-)
-from pipeline.imageio import LoadedImage
+from pipeline.canvas import MemoryCanvas
+from pipeline.chunks import ChunkCanvas, compact, intersection
+from pipeline.engine import Mode, RunReport, StyleLevels, StyleStats, load_style, read_content, stylize_file
+from pipeline.imageio import ImageError
 from pipeline.models import load_model_set
-from pipeline.output import write_canvas
+from pipeline.output import canvas_to_uint8, write_canvas
 from pipeline.stats import FeatureStats
-from pipeline.tiled import level_geometry, read_rgb, tile_round_a, tile_round_b
+from pipeline.tiled import level_geometry, tile_round_a, tile_round_b
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
 from pipeline.wct import ColorTransform
 
@@ -48,24 +41,17 @@ __all__ = ["CallInfo", "ImageHeader", "ModelActor", "WorkerInfo", "cut_image", "
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """First item :func:`cut_image` yields: what the driver needs to plan the image.
+    """First value :func:`cut_image` returns: what the driver needs besides the cores.
 
     Attributes:
         width, height: image size in pixels (after EXIF orientation).
-        one_call: the image fits in one tile and goes to one actor call whole; the next
-            item is then the decoded :class:`~pipeline.imageio.LoadedImage`.
-        tiles: tile cores the image is cut into otherwise; the next items are, per core in
-            :func:`~pipeline.tiles.plan_tiles` order, its ``(3, h, w)`` float32 pixels and,
-            when ``has_alpha``, its ``(1, h', w')`` alpha (the core clipped to the image).
         has_alpha: the input has an alpha channel, re-attached to the output.
         icc_profile: the input's ICC profile, for the output.
-        read_seconds: fetching and decoding the input onto a canvas.
+        read_seconds: fetching, decoding and cutting the input.
     """
 
     width: int
     height: int
-    one_call: bool
-    tiles: int
     has_alpha: bool
     icc_profile: bytes | None
     read_seconds: float
@@ -80,6 +66,7 @@ class WorkerInfo:
         model_id: the weight set's id.
         device: where the models run (``cpu``, ``cuda``).
         pid: the actor's process id, for the operator's logs.
+        node_id: the Ray node it runs on.
         channels: encoder output channels per level (sets the level's geometry).
     """
 
@@ -87,6 +74,7 @@ class WorkerInfo:
     model_id: str
     device: str
     pid: int
+    node_id: str
     channels: dict[int, int]
 
 
@@ -97,14 +85,14 @@ class CallInfo:
     Attributes:
         worker: the actor that ran the call.
         seconds: time spent in the pipeline function(s).
-        stats: round A's feature statistics of the tile's core (``None`` for other calls).
+        stats: round A's feature statistics of each tile's core, in the call's tile order.
         report: for an image run in one call, the engine's report (size, mode, tiles and
             seconds per stage, ``write`` included).
     """
 
     worker: str
     seconds: float
-    stats: FeatureStats | None = None
+    stats: tuple[FeatureStats, ...] = ()
     report: RunReport | None = None
 
 
@@ -112,47 +100,47 @@ class CallInfo:
 def cut_image(
     content_uri: str,
     *,
+    width: int,
+    height: int,
     tile: int,
     max_pixels: int,
     storage_options: dict[str, Any] | None,
-) -> Iterator[ImageHeader | LoadedImage | np.ndarray]:
-    """Read an image and stream it to the object store as tile cores (a Ray generator).
+) -> tuple[ImageHeader | np.ndarray | None, ...]:
+    """Read an image and cut it into tile cores, one object each (call with ``num_returns=1 + 2 * tiles``).
 
-    Yields an :class:`ImageHeader`, then either the :class:`~pipeline.imageio.LoadedImage`
-    (``header.one_call``) or, per core of the reflect-padded canvas, its ``(3, h, w)``
-    float32 pixels in [0, 1] and its alpha when the image has one. The image goes through
-    :func:`~pipeline.engine.read_content` onto a disk canvas a strip at a time, so this task
-    holds one strip, then one core, at a time.
+    Returns an :class:`ImageHeader`, then per core of the reflect-padded canvas (in
+    :func:`~pipeline.tiles.plan_tiles` order) its ``(3, h, w)`` pixels, then per core its
+    ``(1, h', w')`` alpha clipped to the image (``None`` without alpha). Values are uint8
+    where that is lossless (8-bit inputs), else float32 in [0, 1] (see
+    :func:`~pipeline.chunks.compact`). The image goes through
+    :func:`~pipeline.engine.read_content` onto a disk canvas a strip at a time.
+
+    Args:
+        width, height: the size the driver read from the header and planned the tiles for.
 
     Raises:
-        ImageError: the input is missing, not an image, corrupt, or over ``max_pixels``.
+        ImageError: the input is missing, not an image, corrupt, over ``max_pixels``, or
+            decodes to another size than its header said.
     """
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ultrastyle-cut-") as workdir:
         image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
-        h, w = image.height, image.width
-        bounds = Rect(0, 0, h, w)
-        cores = [t.core for t in plan_tiles(h, w, tile=tile)]
-        one_call = len(cores) == 1
-        seconds = time.perf_counter() - start
-        yield ImageHeader(w, h, one_call, len(cores), image.alpha is not None, image.icc_profile, seconds)
-        if one_call:
-            alpha = None if image.alpha is None else image.alpha.read(bounds)[0]
-            loaded = LoadedImage(read_rgb(image.canvas, h, w), alpha, image.icc_profile, image.format)
-            image.close()
-            yield loaded
-            return
+        if (image.width, image.height) != (width, height):
+            raise ImageError(f"{content_uri} decodes to {image.width}x{image.height}, its header says {width}x{height}")
+        bounds = Rect(0, 0, height, width)
+        cores = [t.core for t in plan_tiles(height, width, tile=tile)]
         canvas, alpha = image.canvas, image.alpha
+        header = ImageHeader(width, height, alpha is not None, image.icc_profile, 0.0)
         del image
         try:
-            for core in cores:
-                yield canvas.read(core)
-                if alpha is not None:
-                    yield alpha.read(intersection(core, bounds))
+            pixels = [compact(canvas.read(core)) for core in cores]
+            alphas = [None if alpha is None else compact(alpha.read(intersection(core, bounds))) for core in cores]
         finally:
             canvas.close()
             if alpha is not None:
                 alpha.close()
+    header = dataclasses.replace(header, read_seconds=time.perf_counter() - start)
+    return (header, *pixels, *alphas)
 
 
 @ray.remote
@@ -176,7 +164,7 @@ def write_chunks(
         alpha_rects: each alpha chunk's rectangle (empty without alpha), in the order of
             the chunks after those.
         icc_profile: ICC profile to embed, or ``None``.
-        chunks: ``(3, h, w)`` float32 cores, then ``(1, h', w')`` alpha chunks (object-store
+        chunks: ``(3, h, w)`` cores, then ``(1, h', w')`` alpha chunks, uint8 or float32 (object-store
             arrays, read in place).
         quality: JPEG/WebP quality.
         storage_options: passed to the output filesystem.
@@ -229,7 +217,8 @@ class ModelActor:
     def describe(self) -> WorkerInfo:
         """Who this actor is and what it loaded."""
         channels = {k: enc.out_channels for k, enc in self.models.encoders.items()}
-        return WorkerInfo(self.worker, self.models.model_id, str(self.models.device), os.getpid(), channels)
+        node = ray.get_runtime_context().get_node_id()
+        return WorkerInfo(self.worker, self.models.model_id, str(self.models.device), os.getpid(), node, channels)
 
     def style(self, style_uri: str, *, style_size: int | None, max_pixels: int) -> StyleStats:
         """A style's statistics at every level (computed once per style, shared by reference)."""
@@ -237,31 +226,10 @@ class ModelActor:
             style_uri, self.models, style_size=style_size, storage_options=self.storage_options, max_pixels=max_pixels
         )
 
-    def stylize(
-        self,
-        image: LoadedImage,
-        style: StyleStats,
-        output_uri: str,
-        *,
-        mode: Mode,
-        tile: int,
-        alpha: float,
-        quality: int,
-    ) -> CallInfo:
-        """A small image in one call: the whole cascade, then the output written atomically."""
-        start = time.perf_counter()
-        # Object-store arrays are read-only, and torch wants writable memory to wrap.
-        image = dataclasses.replace(image, rgb=np.array(image.rgb))
-        canvas, report = stylize_image(image, style, self.models, mode=mode, tile=tile, alpha=alpha)
-        middle = time.perf_counter()
-        write_result(output_uri, canvas, image, quality=quality, storage_options=self.storage_options)
-        report.seconds["write"] = time.perf_counter() - middle
-        return CallInfo(self.worker, time.perf_counter() - start, report=report)
-
     def stylize_file(
         self,
         content_uri: str,
-        style: StyleStats,
+        style: StyleStats | StyleLevels,
         output_uri: str,
         *,
         mode: Mode,
@@ -269,8 +237,12 @@ class ModelActor:
         alpha: float,
         max_pixels: int,
         quality: int,
+        mask_uri: str | None = None,
+        preserve_color: bool = False,
     ) -> CallInfo:
-        """An image in one call that reads and writes it too (``whole`` and ``thumbnail`` modes).
+        """An image in one call that reads and writes it too (one-tile images, ``whole`` and
+        ``thumbnail`` modes, and the creative controls: ``mask_uri`` with one colouring per
+        style in ``style``, ``preserve_color``).
 
         The engine keeps its intermediate images on disk canvases in a temporary folder, so
         a large image costs this actor disk, not memory.
@@ -287,52 +259,61 @@ class ModelActor:
             max_pixels=max_pixels,
             quality=quality,
             storage_options=self.storage_options,
+            mask_uri=mask_uri,
+            preserve_color=preserve_color,
         )
         return CallInfo(self.worker, time.perf_counter() - start, report=report)
 
-    @ray.method(num_returns=2)
     def round_a(
-        self, level: int, tile: Tile, size: tuple[int, int], rects: Sequence[Rect], *chunks: np.ndarray
-    ) -> tuple[CallInfo, np.ndarray]:
-        """Round A of ``level`` for one tile, on the level's input cores around it.
+        self, level: int, tiles: Sequence[Tile], size: tuple[int, int], rects: Sequence[Rect], *chunks: np.ndarray
+    ) -> CallInfo | tuple[CallInfo | np.ndarray, ...]:
+        """Round A of ``level`` for several tiles, on the level's input cores around them.
 
         Args:
             level: 5..1.
-            tile: the tile whose core is computed.
+            tiles: the tiles whose cores are computed.
             size: ``(height, width)`` of the padded canvas.
-            rects, chunks: the input cores its encoder halo reaches, ``(3, h, w)`` float32.
+            rects, chunks: the input cores their encoder halos reach (``(3, h, w)``, float32
+                or uint8).
 
         Returns:
-            ``(CallInfo with the core's statistics, (C, h / scale, w / scale) float32 features)``.
+            The :class:`CallInfo` with each core's statistics; where the level caches
+            features (call with ``num_returns=1 + len(tiles)``), followed by each core's
+            ``(C, h / scale, w / scale)`` float32 features.
         """
         start = time.perf_counter()
         canvas = ChunkCanvas(3, *size, zip(rects, chunks, strict=True))
-        stats, features = tile_round_a(canvas, tile, self.models.encoders[level], self.geometry[level])
-        return CallInfo(self.worker, time.perf_counter() - start, stats=stats), features
+        encoder, geo = self.models.encoders[level], self.geometry[level]
+        results = [tile_round_a(canvas, t, encoder, geo) for t in tiles]
+        info = CallInfo(self.worker, time.perf_counter() - start, stats=tuple(s for s, _ in results))
+        return (info, *(f for _, f in results)) if geo.cache_features else info
 
-    @ray.method(num_returns=2)
     def round_b(
         self,
         level: int,
-        tile: Tile,
+        tiles: Sequence[Tile],
         size: tuple[int, int],
         transform: ColorTransform,
+        last: bool,
         rects: Sequence[Rect],
         *chunks: np.ndarray,
-    ) -> tuple[np.ndarray, CallInfo]:
-        """Round B of ``level`` for one tile: its core of the next level's image.
+    ) -> tuple[CallInfo | np.ndarray, ...]:
+        """Round B of ``level`` for several tiles: their cores of the next level's image
+        (call with ``num_returns=1 + len(tiles)``).
 
         Args:
             level: 5..1.
-            tile: the tile whose core is computed.
+            tiles: the tiles whose cores are computed.
             size: ``(height, width)`` of the padded canvas.
             transform: the level's global whitening-colouring transform.
-            rects, chunks: where the level caches features, round A's feature cores its
-                decoder halo reaches (rects at feature scale); otherwise the level's input
-                cores its full halo reaches.
+            last: the output level: cores come back as uint8, rounded as the output writer
+                rounds (a quarter of the bytes, the same file).
+            rects, chunks: where the level caches features, round A's feature cores the
+                decoder halos reach (rects at feature scale); otherwise the level's input
+                cores the full halos reach.
 
         Returns:
-            ``((3, h, w) float32 core, CallInfo)``.
+            ``(CallInfo, core, ...)``, each core ``(3, h, w)`` float32 (uint8 when ``last``).
         """
         start = time.perf_counter()
         geo = self.geometry[level]
@@ -346,5 +327,10 @@ class ModelActor:
             image = ChunkCanvas(3, *size, zip(rects, chunks, strict=True))
         # Arrays from the object store are read-only, which torch warns about when wrapping them.
         transform = ColorTransform(np.array(transform.matrix), np.array(transform.bias))
-        pixels = tile_round_b(image, features, tile, encoder, self.models.decoders[level], geo, transform)
-        return pixels, CallInfo(self.worker, time.perf_counter() - start)
+        cores = []
+        for t in tiles:
+            pixels = tile_round_b(image, features, t, encoder, self.models.decoders[level], geo, transform)
+            if last:
+                pixels = canvas_to_uint8(MemoryCanvas(pixels), t.core.height, t.core.width).transpose(2, 0, 1)
+            cores.append(np.ascontiguousarray(pixels))
+        return (CallInfo(self.worker, time.perf_counter() - start), *cores)

@@ -7,14 +7,14 @@ the whole-image values up to rounding for any tiling, which is what makes tiled 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 
 import numpy as np
 import torch
 
-__all__ = ["FeatureStats", "feature_stats", "merge_stats"]
+__all__ = ["FeatureStats", "TileStats", "feature_stats", "label_stats", "merge_stats", "merge_tile_stats"]
 
 # Columns (pixels) per float64 block when accumulating, to bound the float64 copy's memory.
 _BLOCK = 1 << 20
@@ -74,11 +74,20 @@ def feature_stats(features: torch.Tensor) -> FeatureStats:
         :class:`FeatureStats` over the ``H * W`` vectors, computed in float64 in blocks of
         columns (merged with :meth:`FeatureStats.merge`) so the float64 copy stays small.
     """
+    return _column_stats(_flat(features))
+
+
+def _flat(features: torch.Tensor) -> torch.Tensor:
+    """``(C, H, W)`` or ``(1, C, H, W)`` -> ``(C, H * W)``."""
     if features.dim() == 4:
         if features.shape[0] != 1:
             raise ValueError(f"features must have batch size 1, got shape {tuple(features.shape)}")
         features = features[0]
-    flat = features.reshape(features.shape[0], -1)
+    return features.reshape(features.shape[0], -1)
+
+
+def _column_stats(flat: torch.Tensor) -> FeatureStats:
+    """Statistics of the columns of ``(C, N)``, in float64 blocks of :data:`_BLOCK` columns."""
     blocks = []
     for start in range(0, flat.shape[1], _BLOCK):
         x = flat[:, start : start + _BLOCK].double()
@@ -87,6 +96,41 @@ def feature_stats(features: torch.Tensor) -> FeatureStats:
         scatter = centred @ centred.T
         blocks.append(FeatureStats(x.shape[1], mean.cpu().numpy(), scatter.cpu().numpy()))
     return merge_stats(blocks, channels=flat.shape[0])
+
+
+def label_stats(features: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[FeatureStats, ...]:
+    """Statistics of a feature map per region: the masked WCT's content statistics.
+
+    Args:
+        features: ``(C, H, W)`` or ``(1, C, H, W)``.
+        labels: ``(H, W)`` integer labels in ``[0, count)``.
+        count: number of labels (regions), including those with no pixel here.
+
+    Returns:
+        ``count`` :class:`FeatureStats`, the ``i``-th over the pixels labelled ``i`` (empty
+        where there are none). With every pixel labelled 0, the first equals
+        :func:`feature_stats` of the map bit for bit.
+    """
+    flat = _flat(features)
+    flat_labels = labels.reshape(-1).to(flat.device)
+    if flat_labels.shape[0] != flat.shape[1]:
+        raise ValueError(f"labels must be {tuple(features.shape[-2:])}, got {tuple(labels.shape)}")
+    if count == 1 or bool((flat_labels == flat_labels[0]).all()):
+        only = int(flat_labels[0])
+        whole = _column_stats(flat)
+        return tuple(whole if i == only else FeatureStats.empty(flat.shape[0]) for i in range(count))
+    return tuple(_column_stats(flat[:, flat_labels == i]) for i in range(count))
+
+
+# Round A's result for one tile: the core's statistics, or one per mask label.
+TileStats = FeatureStats | tuple[FeatureStats, ...]
+
+
+def merge_tile_stats(stats: Sequence[TileStats]) -> TileStats:
+    """Merge the tiles' statistics, per label where they come per label (in the given order)."""
+    if stats and isinstance(stats[0], tuple):
+        return tuple(merge_stats(column) for column in zip(*stats, strict=True))
+    return merge_stats(stats)
 
 
 def merge_stats(stats: Iterable[FeatureStats], *, channels: int | None = None) -> FeatureStats:

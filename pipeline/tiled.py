@@ -11,13 +11,21 @@ WCT's statistics are global to the image, so per level k = 5..1 the tiles take t
 Halos come from :mod:`models.receptive`, so a core sees the same receptive field as in the
 whole-image run. Round B reads back the features cached in round A where they are cheap to
 keep (deep levels, few values per pixel) and re-encodes a larger region where they are not.
-The per-tile functions (:func:`encode_core`, :func:`decode_core`) are what the Ray actors run.
+The per-tile functions (:func:`tile_round_a`, :func:`tile_round_b`) are what the Ray actors run.
+
+The level loop exists once, :func:`run_levels`, and takes where the tiles run as a parameter
+(a :class:`TileExecutor`), as MONAI's ``sliding_window_inference`` takes its predictor:
+:class:`CanvasExecutor` runs them here for the CLI and the tests, and the batch job's
+executor runs the same loop on Ray actors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,24 +33,42 @@ import torch
 from models import decoder_halo, encoder_halo, level_halo
 from pipeline.canvas import Canvas, open_canvas, reflect_pad_canvas
 from pipeline.cascade import MIN_SIDE, LevelCallback, decode_transformed, encode, pad_to_multiple
-from pipeline.models import ModelSet
-from pipeline.stats import FeatureStats, feature_stats, merge_stats
+from pipeline.chunks import unit_float
+from pipeline.controls import (
+    StyleLevel,
+    keep_chroma,
+    label_count,
+    level_transform,
+    region_labels,
+    region_stats,
+    sample_labels,
+)
+from pipeline.models import CASCADE, ModelSet
+from pipeline.stats import TileStats, merge_tile_stats
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
-from pipeline.wct import ColorTransform, whitening_coloring
+from pipeline.wct import TransformSet
 
 __all__ = [
     "FEATURE_CACHE_MAX",
+    "CanvasExecutor",
+    "ContentStats",
     "LevelGeometry",
+    "TileCallback",
+    "TileExecutor",
     "canvas_from_array",
+    "cascade_geometry",
     "decode_core",
     "encode_core",
     "level_geometry",
     "read_rgb",
+    "run_levels",
     "stylize_exact",
     "stylize_thumbnail",
     "thumbnail",
+    "thumbnail_mask",
     "tile_round_a",
     "tile_round_b",
+    "tile_rounds",
 ]
 
 # Round A's features are kept for round B when they cost at most this many float32 values per
@@ -50,6 +76,10 @@ __all__ = [
 # than storing (level 1: 24 values per pixel for an encoder of one conv).
 FEATURE_CACHE_MAX = 4.0
 
+# Progress: called with the number of tile rounds just finished.
+TileCallback = Callable[[int], None]
+# A level's content statistics when they do not come from round A (thumbnail mode).
+ContentStats = Callable[[int], TileStats]
 
 
 @dataclass(frozen=True)
@@ -103,20 +133,25 @@ def encode_core(encoder: torch.nn.Module, region: torch.Tensor, core: Rect, scal
 
 
 def decode_core(
-    decoder: torch.nn.Module, features: torch.Tensor, transform: ColorTransform, core: Rect
+    decoder: torch.nn.Module,
+    features: torch.Tensor,
+    transform: TransformSet,
+    core: Rect,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Whiten-colour and decode a feature region, returning the core's pixels.
 
     Args:
         decoder: decoder of the level.
         features: ``(1, C, h, w)`` features of the core grown by at least the decoder halo.
-        transform: the level's global transform.
+        transform: the level's global transform (or one per mask label).
         core: the core in the region's pixel coordinates.
+        labels: ``(h, w)`` mask labels of the features, with one transform per label.
 
     Returns:
         ``(1, 3, core.height, core.width)`` float32.
     """
-    return decode_transformed(decoder, features, transform)[(..., *core.slices())]
+    return decode_transformed(decoder, features, transform, labels)[(..., *core.slices())]
 
 
 def canvas_from_array(rgb: np.ndarray, *, workdir: str | None, band: int = 256) -> Canvas:
@@ -128,10 +163,9 @@ def canvas_from_array(rgb: np.ndarray, *, workdir: str | None, band: int = 256) 
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise ValueError(f"content image is {w}x{h}; the smallest side handled is {MIN_SIDE} px")
-    scale = 255.0 if rgb.dtype == np.uint8 else 1.0
     canvas = open_canvas(3, *canvas_size(h, w), workdir=workdir, name="input")
     for y in range(0, h, band):
-        rows = rgb[y : y + band].astype(np.float32) / scale
+        rows = unit_float(rgb[y : y + band])
         canvas.write(Rect(y, 0, y + rows.shape[0], w), rows.transpose(2, 0, 1))
     reflect_pad_canvas(canvas, h, w)
     return canvas
@@ -143,9 +177,16 @@ def read_rgb(canvas: Canvas, height: int, width: int) -> np.ndarray:
 
 
 def tile_round_a(
-    canvas: Canvas, tile: Tile, encoder: torch.nn.Module, geo: LevelGeometry
-) -> tuple[FeatureStats, np.ndarray]:
-    """Round A for one tile: the core's feature statistics and its ``(C, h, w)`` features.
+    canvas: Canvas,
+    tile: Tile,
+    encoder: torch.nn.Module,
+    geo: LevelGeometry,
+    mask: Canvas | None = None,
+    labels: int = 0,
+) -> tuple[TileStats, np.ndarray | None]:
+    """Round A for one tile: the core's feature statistics (one per label, ``labels`` of them,
+    with a ``mask`` canvas holding the core), and its ``(C, h, w)`` features when round B
+    reads them back (``geo.cache_features``), else ``None``.
 
     ``canvas`` needs to hold the core grown by ``geo.encoder_halo`` (clipped to the canvas).
     """
@@ -153,7 +194,8 @@ def tile_round_a(
     region = tile.core.grow(geo.encoder_halo, bounds)
     x = torch.from_numpy(canvas.read(region))[None]
     f = encode_core(encoder, x, tile.core.relative_to(region), geo.scale)
-    return feature_stats(f), f[0].cpu().numpy()
+    stats = region_stats(f, region_labels(mask, tile.core, geo.scale), labels)
+    return stats, (f[0].cpu().numpy() if geo.cache_features else None)
 
 
 def tile_round_b(
@@ -163,13 +205,15 @@ def tile_round_b(
     encoder: torch.nn.Module,
     decoder: torch.nn.Module,
     geo: LevelGeometry,
-    transform: ColorTransform,
+    transform: TransformSet,
+    mask: Canvas | None = None,
 ) -> np.ndarray:
     """Round B for one tile: the core's ``(3, h, w)`` pixels for the next level.
 
     With cached ``features`` (a canvas at the level's scale holding the core grown by
     ``geo.decoder_halo``), they are transformed and decoded; without, ``canvas`` must hold
-    the core grown by ``geo.halo`` and is encoded again.
+    the core grown by ``geo.halo`` and is encoded again. With one transform per label,
+    ``mask`` must hold the same region as the features.
     """
     bounds = Rect(0, 0, canvas.height, canvas.width)
     device = next(decoder.parameters()).device
@@ -179,84 +223,201 @@ def tile_round_b(
     else:
         region = tile.core.grow(geo.halo, bounds)
         f = encode(encoder, torch.from_numpy(canvas.read(region))[None])
-    y = decode_core(decoder, f, transform, tile.core.relative_to(region))
+    y = decode_core(decoder, f, transform, tile.core.relative_to(region), region_labels(mask, region, geo.scale))
     return y[0].cpu().numpy()
 
 
-def _decode_level(
-    image: Canvas,
-    features: Canvas | None,
-    tiles: list[Tile],
-    encoder: torch.nn.Module,
-    decoder: torch.nn.Module,
-    geo: LevelGeometry,
-    transform: ColorTransform,
-    workdir: str | None,
-) -> Canvas:
-    """Round B over every tile, into a new canvas: the next level's input."""
-    out = open_canvas(3, image.height, image.width, workdir=workdir, name=f"level{geo.level}")
-    for t in tiles:
-        out.write(t.core, tile_round_b(image, features, t, encoder, decoder, geo, transform))
-    return out
+class TileExecutor(Protocol):
+    """Where a level's tiles run, and where the level's image lives between rounds.
+
+    :func:`run_levels` drives it: per level, :meth:`round_a` then :meth:`round_b`, in the
+    way :func:`monai.inferers.sliding_window_inference` drives a predictor. The executor
+    starts holding the padded input image; each :meth:`round_b` replaces it with the next
+    level's image. :class:`CanvasExecutor` runs tiles in this process on canvases; the batch
+    job's executor (:mod:`pipeline.ray_executor`) runs them on Ray actors over object refs.
+    """
+
+    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> list[TileStats]:
+        """Encode every tile of the current image; return each core's statistics (per mask
+        label when the executor has a mask) in ``tiles``' order, and keep the core's features
+        for :meth:`round_b` when ``geo.cache_features``."""
+        ...
+
+    def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: TransformSet, *, last: bool) -> None:
+        """Transform and decode every tile into the next level's image (``last``: the output)."""
+        ...
+
+
+def cascade_geometry(channels: Mapping[int, int]) -> list[LevelGeometry]:
+    """Geometry of each level in cascade order (5..1), from each encoder's output channels."""
+    return [level_geometry(k, channels[k]) for k in CASCADE if k in channels]
+
+
+def run_levels(
+    executor: TileExecutor,
+    tiles: Sequence[Tile],
+    geometry: Sequence[LevelGeometry],
+    style_stats: Mapping[int, StyleLevel],
+    *,
+    alpha: float = 1.0,
+    content_stats: ContentStats | None = None,
+    on_level: LevelCallback | None = None,
+) -> float:
+    """The tiled cascade's level loop, wherever the tiles run.
+
+    Per level: round A over the tiles, merge their statistics (in tile order, so every
+    executor reduces the same numbers in the same order), one transform, round B.
+
+    Args:
+        executor: runs the rounds and holds the image (see :class:`TileExecutor`).
+        tiles: from :func:`~pipeline.tiles.plan_tiles` for the image.
+        geometry: the levels to run, in order (:func:`cascade_geometry`).
+        style_stats: the style's statistics per level, or per level a blend of styles or one
+            colouring per mask label (:func:`pipeline.controls.style_levels`).
+        alpha: style strength in [0, 1].
+        content_stats: ``level -> statistics`` standing in for round A (thumbnail mode:
+            one pass per tile, round B re-encodes); ``None`` runs the exact round A.
+        on_level: called as ``on_level(level, seconds)`` after each level.
+
+    Returns:
+        Seconds spent merging statistics and building transforms (the reduction between rounds).
+    """
+    reduce_seconds = 0.0
+    for i, geo in enumerate(geometry):
+        start = time.perf_counter()
+        if content_stats is None:
+            tile_stats = executor.round_a(geo, tiles)
+            middle = time.perf_counter()
+            stats = merge_tile_stats(tile_stats)
+        else:
+            middle = time.perf_counter()
+            stats, geo = content_stats(geo.level), dataclasses.replace(geo, cache_features=False)
+        transform = level_transform(stats, style_stats[geo.level], alpha=alpha)
+        reduce_seconds += time.perf_counter() - middle
+        executor.round_b(geo, tiles, transform, last=i == len(geometry) - 1)
+        if on_level is not None:
+            on_level(geo.level, time.perf_counter() - start)
+    return reduce_seconds
+
+
+class CanvasExecutor:
+    """Runs tiles one after another in this process, each level's image on a canvas.
+
+    Args:
+        canvas: the reflect-padded input (see :func:`canvas_from_array`); read, never
+            modified or closed.
+        models: the loaded encoders/decoders.
+        workdir: folder for disk canvases (intermediate images and cached features), or
+            ``None`` to keep them in memory.
+        on_tile: called with ``1`` after each tile of each round (progress).
+        mask: labels on a canvas of the input's size (:func:`pipeline.controls.read_mask`):
+            round A returns statistics per label, ``labels`` of them.
+        preserve_color: the last round B keeps the input's chroma (:func:`pipeline.controls.keep_chroma`).
+    """
+
+    def __init__(
+        self,
+        canvas: Canvas,
+        models: ModelSet,
+        *,
+        workdir: str | None,
+        on_tile: TileCallback | None = None,
+        mask: Canvas | None = None,
+        labels: int = 0,
+        preserve_color: bool = False,
+    ) -> None:
+        self.image = canvas
+        self._input = canvas
+        self._models, self._workdir, self._on_tile = models, workdir, on_tile
+        self._mask, self._labels, self._preserve_color = mask, labels, preserve_color
+        self._features: Canvas | None = None
+
+    def _tick(self) -> None:
+        if self._on_tile is not None:
+            self._on_tile(1)
+
+    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> list[TileStats]:
+        encoder = self._models.encoders[geo.level]
+        if geo.cache_features:
+            h, w = self.image.height // geo.scale, self.image.width // geo.scale
+            self._features = open_canvas(encoder.out_channels, h, w, workdir=self._workdir, name=f"features{geo.level}")
+        stats = []
+        for t in tiles:
+            tile_stats, features = tile_round_a(self.image, t, encoder, geo, self._mask, self._labels)
+            stats.append(tile_stats)
+            if features is not None:
+                self._features.write(t.core.scaled(geo.scale), features)
+            self._tick()
+        return stats
+
+    def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: TransformSet, *, last: bool) -> None:
+        image, features = self.image, self._features if geo.cache_features else None
+        encoder, decoder = self._models.encoders[geo.level], self._models.decoders[geo.level]
+        out = open_canvas(3, image.height, image.width, workdir=self._workdir, name=f"level{geo.level}")
+        for t in tiles:
+            pixels = tile_round_b(image, features, t, encoder, decoder, geo, transform, self._mask)
+            if last and self._preserve_color:
+                pixels = keep_chroma(pixels, self._input.read(t.core))
+            out.write(t.core, pixels)
+            self._tick()
+        if self._features is not None:
+            self._features.close()
+            self._features = None
+        if image is not self._input:
+            image.close()
+        self.image = out
+
+
+def tile_rounds(tiles: int, levels: int, *, exact: bool) -> int:
+    """Tile rounds a cascade runs: the total that progress counts :class:`TileCallback` calls against."""
+    return tiles * levels * (2 if exact else 1)
 
 
 def stylize_exact(
     canvas: Canvas,
-    style_stats: dict[int, FeatureStats],
+    style_stats: Mapping[int, StyleLevel],
     models: ModelSet,
     *,
     tile: int = 1024,
     alpha: float = 1.0,
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
+    on_tile: TileCallback | None = None,
+    mask: Canvas | None = None,
+    preserve_color: bool = False,
 ) -> Canvas:
-    """Run levels 5..1 tile by tile with global statistics.
+    """Run levels 5..1 tile by tile with global statistics, in this process.
 
     Args:
         canvas: the reflect-padded input (see :func:`canvas_from_array`); not modified.
-        style_stats: from :func:`pipeline.cascade.style_statistics` with the same ``models``.
+        style_stats: from :func:`pipeline.cascade.style_statistics` with the same ``models``,
+            or from :func:`pipeline.controls.style_levels` (blends, masks).
         models: the loaded encoders/decoders.
         tile: core side in pixels (multiple of 16). Peak memory grows with its square.
         alpha: style strength in [0, 1].
         workdir: folder for disk canvases (intermediate images and cached features), or
             ``None`` to keep them in memory.
         on_level: called as ``on_level(level, seconds)`` after each level.
+        on_tile: called with the number of tile rounds just done (progress; the total is
+            :func:`tile_rounds` with ``exact=True``).
+        mask: mask labels on a canvas of ``canvas``' size (:func:`pipeline.controls.read_mask`),
+            with one colouring per label in ``style_stats``.
+        preserve_color: keep the content's chroma (:func:`pipeline.controls.keep_chroma`).
 
     Returns:
         The output canvas (same size as ``canvas``); crop it to the image with
         :func:`read_rgb`. Equal to :func:`pipeline.cascade.stylize_whole` up to float rounding.
     """
     tiles = plan_tiles(canvas.height, canvas.width, tile=tile)
-    image = canvas
-    for level in models.levels:
-        start = time.perf_counter()
-        encoder = models.encoders[level]
-        geo = level_geometry(level, encoder.out_channels)
-        features = None
-        if geo.cache_features:
-            features = open_canvas(
-                encoder.out_channels,
-                canvas.height // geo.scale,
-                canvas.width // geo.scale,
-                workdir=workdir,
-                name=f"features{level}",
-            )
-        stats = []
-        for t in tiles:
-            tile_stats, core_features = tile_round_a(image, t, encoder, geo)
-            stats.append(tile_stats)
-            if features is not None:
-                features.write(t.core.scaled(geo.scale), core_features)
-        transform = whitening_coloring(merge_stats(stats), style_stats[level], alpha=alpha)
-        out = _decode_level(image, features, tiles, encoder, models.decoders[level], geo, transform, workdir)
-        if features is not None:
-            features.close()
-        if image is not canvas:
-            image.close()
-        image = out
-        if on_level is not None:
-            on_level(level, time.perf_counter() - start)
-    return image
+    labels = label_count(next(iter(style_stats.values())))
+    executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile, mask=mask, labels=labels,
+                              preserve_color=preserve_color)
+    run_levels(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, on_level=on_level)
+    return executor.image
+
+
+def _model_geometry(models: ModelSet) -> list[LevelGeometry]:
+    return cascade_geometry({k: models.encoders[k].out_channels for k in models.levels})
 
 
 def thumbnail(canvas: Canvas, height: int, width: int, *, size: int = 1024, band_blocks: int = 64) -> torch.Tensor:
@@ -265,7 +426,7 @@ def thumbnail(canvas: Canvas, height: int, width: int, *, size: int = 1024, band
     Rows are averaged a band of blocks at a time, so the full-resolution image is never read
     whole. Returns ``(1, 3, h, w)`` float32.
     """
-    factor = max(1, -(-max(height, width) // size))
+    factor = _thumbnail_factor(height, width, size)
     th, tw = height // factor, width // factor
     rows = []
     for by in range(0, th, band_blocks):
@@ -275,11 +436,54 @@ def thumbnail(canvas: Canvas, height: int, width: int, *, size: int = 1024, band
     return torch.from_numpy(np.concatenate(rows, axis=1))[None]
 
 
+def _thumbnail_factor(height: int, width: int, size: int) -> int:
+    return max(1, -(-max(height, width) // size))
+
+
+def thumbnail_mask(mask: Canvas, height: int, width: int, *, size: int = 1024, band_blocks: int = 64) -> torch.Tensor:
+    """The labels of :func:`thumbnail`'s pixels (each block's top-left label), reflect-padded
+    like the thumbnail to a multiple of 16. Returns ``(h', w')`` int64."""
+    factor = _thumbnail_factor(height, width, size)
+    th, tw = height // factor, width // factor
+    rows = [mask.read(Rect(by * factor, 0, min(by + band_blocks, th) * factor, tw * factor))[0, ::factor, ::factor]
+            for by in range(0, th, band_blocks)]
+    labels = torch.from_numpy(np.concatenate(rows, axis=0))[None, None]
+    return pad_to_multiple(labels)[0, 0].to(torch.int64)
+
+
+class _ThumbnailStats:
+    """Content statistics per level from a downscaled copy run through the whole-image cascade.
+
+    Called for levels 5..1 in order: each call encodes the copy, returns its statistics and
+    advances the copy by that level's transform, as :func:`pipeline.cascade.stylize_whole` does.
+    """
+
+    def __init__(
+        self,
+        small: torch.Tensor,
+        models: ModelSet,
+        style_stats: Mapping[int, StyleLevel],
+        alpha: float,
+        mask: torch.Tensor | None = None,
+    ):
+        self._small, self._models, self._style, self._alpha = small, models, style_stats, alpha
+        self._mask = mask
+
+    def __call__(self, level: int) -> TileStats:
+        features = encode(self._models.encoders[level], self._small)
+        style = self._style[level]
+        labels = None if self._mask is None else sample_labels(self._mask, 2 ** (level - 1))
+        stats = region_stats(features, labels, label_count(style))
+        transform = level_transform(stats, style, alpha=self._alpha)
+        self._small = decode_transformed(self._models.decoders[level], features, transform, labels)
+        return stats
+
+
 def stylize_thumbnail(
     canvas: Canvas,
     height: int,
     width: int,
-    style_stats: dict[int, FeatureStats],
+    style_stats: Mapping[int, StyleLevel],
     models: ModelSet,
     *,
     tile: int = 1024,
@@ -287,6 +491,9 @@ def stylize_thumbnail(
     thumbnail_size: int = 1024,
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
+    on_tile: TileCallback | None = None,
+    mask: Canvas | None = None,
+    preserve_color: bool = False,
 ) -> Canvas:
     """Approximate tiled cascade: each level's content statistics from a downscaled copy.
 
@@ -294,22 +501,17 @@ def stylize_thumbnail(
     for the full image's, so every tile is encoded, transformed and decoded in one pass (no
     round A). Faster than :func:`stylize_exact` by the cost of round A, but the result differs
     from the whole-image one by however much the thumbnail's statistics differ (the README
-    gives the figures).
+    gives the figures). Same level loop (:func:`run_levels`) and executor as the exact mode,
+    and the same controls (``mask``, ``preserve_color``); a mask's labels are sampled onto the
+    thumbnail by the same top-left rule.
     """
     tiles = plan_tiles(canvas.height, canvas.width, tile=tile)
     small = pad_to_multiple(thumbnail(canvas, height, width, size=thumbnail_size)).to(models.device)
-    image = canvas
-    for level in models.levels:
-        start = time.perf_counter()
-        encoder, decoder = models.encoders[level], models.decoders[level]
-        small_features = encode(encoder, small)
-        transform = whitening_coloring(feature_stats(small_features), style_stats[level], alpha=alpha)
-        small = decode_transformed(decoder, small_features, transform)
-        geo = level_geometry(level, encoder.out_channels)
-        out = _decode_level(image, None, tiles, encoder, decoder, geo, transform, workdir)
-        if image is not canvas:
-            image.close()
-        image = out
-        if on_level is not None:
-            on_level(level, time.perf_counter() - start)
-    return image
+    small_mask = None if mask is None else thumbnail_mask(mask, height, width, size=thumbnail_size)
+    labels = label_count(next(iter(style_stats.values())))
+    executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile, mask=mask, labels=labels,
+                              preserve_color=preserve_color)
+    stats = _ThumbnailStats(small, models, style_stats, alpha, small_mask)
+    run_levels(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, content_stats=stats,
+               on_level=on_level)
+    return executor.image

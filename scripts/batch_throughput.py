@@ -1,30 +1,32 @@
-"""Megapixels per second of the Ray batch job against the in-process engine, on the same image.
+"""Ray's overhead: the batch job against the in-process engine on the same images and CPUs.
 
-    python -m scripts.batch_throughput [--image PATH] [--copies N] [--tile 1024] [--workers 2]
+    python -m scripts.batch_throughput [--image PATH] [--copies N] [--tile 512] [--workers 2] [--repeats 2]
 
-Both sides run the exact tiled cascade with the same tile on the same CPUs: the in-process
-engine (``pipeline.engine.stylize_file``, mode ``exact``) with ``--workers`` torch threads, and
-the batch job on a local Ray with ``--workers`` CPU actors of one thread each. Without
-``--image`` the content is a 3840x2160 picture made from scikit-image's public-domain
-astronaut sample, and the style is the project's painted sample style, so the script needs no
-download but the weights (``--weights`` or ``$ULTRASTYLE_WEIGHTS``).
+Both sides run the exact tiled cascade with the same tile: A, the in-process engine
+(``pipeline.engine.stylize_file``, mode ``exact``, images one after another) with ``--workers``
+torch threads; B, the batch job on a local Ray with ``--workers`` CPU actors of one thread
+each. They alternate (A B A B ...) so that load from other users of the machine falls on both
+alike; the script prints every run, the medians and the ratios. Without ``--image`` the content
+is a 3840x2160 picture made from scikit-image's public-domain astronaut sample and the style
+is the project's painted sample style, so it needs no download but the weights
+(``--weights`` or ``$ULTRASTYLE_WEIGHTS``).
 
-It prints both rates, Ray's overhead on the pair (the batch row's wall seconds against the
-in-process read + stylize + write), the job's wall time including Ray's start and the actors'
-weight loading, the per-stage split from the manifest, and how busy the actors were. Run it on
-an otherwise idle machine: under CPU contention torch's intra-op threads (the in-process side)
-slow down far more than single-threaded actors, which flatters the batch job.
+For B, "pair" is the manifest's wall seconds of a pair (cut, levels, write), and "job" is
+the span from the first pair's start to the last pair's end (Ray's start and the actors'
+weight loading excluded, as A excludes model loading). The object store's peak use is
+sampled during B and given per pixel in flight.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import ray
 import torch
 from PIL import Image
@@ -35,8 +37,6 @@ from pipeline.engine import load_style, stylize_file
 from pipeline.manifest import read_manifest
 from pipeline.models import load_model_set
 
-STAGES = ("read_seconds", "stylize_seconds", "compute_seconds", "reduce_seconds", "write_seconds")
-
 
 def _content(path: Path, size: tuple[int, int]) -> None:
     """A ``size`` (width, height) JPEG from scikit-image's astronaut, resized (public domain)."""
@@ -45,41 +45,67 @@ def _content(path: Path, size: tuple[int, int]) -> None:
     Image.fromarray(skimage.data.astronaut()).resize(size, Image.Resampling.BICUBIC).save(path, quality=95)
 
 
-def _in_process(image: Path, style: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
+def _in_process(images: list[Path], style: Path, out: Path, args: argparse.Namespace) -> float:
+    """Seconds for the engine to read, stylize and write every image (models already loaded)."""
     torch.set_num_threads(args.workers)
     models = load_model_set(args.weights)
     stats = load_style(str(style), models)
     start = time.perf_counter()
-    report = stylize_file(str(image), str(out), stats, models, mode="exact", tile=args.tile)
-    return {"total": time.perf_counter() - start, **report.seconds}
+    for i, image in enumerate(images):
+        stylize_file(str(image), str(out / f"local{i}{image.suffix}"), stats, models, mode="exact", tile=args.tile)
+    return time.perf_counter() - start
 
 
-def _batch(folder: Path, style: Path, out: Path, args: argparse.Namespace) -> float:
-    ray.init(address="local", num_cpus=args.workers, include_dashboard=False)
+def _store_used() -> int:
+    """Bytes in the local object store now (plasma), from Ray's memory summary."""
+    from ray._private.internal_api import memory_summary
+
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    for line in text.splitlines():
+        if "Plasma memory usage" in line:
+            return int(float(line.split("Plasma memory usage")[1].split("MiB")[0]) * 1024**2)
+    return 0
+
+
+def _batch(folder: Path, style: Path, out: Path, args: argparse.Namespace) -> tuple[float, float, int]:
+    """(mean pair seconds, job seconds, peak object-store bytes) of one batch run."""
+    argv = ["--input", str(folder), "--style", str(style), "--output", str(out), "--mode", "exact",
+            "--tile", str(args.tile), "--workers", str(args.workers), "--cpus-per-worker", "1",
+            "--max-in-flight", str(max(2, args.copies)), "--progress-seconds", "30"]
+    if args.weights:
+        argv += ["--weights", args.weights]
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            peak[0] = max(peak[0], _store_used())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
-        start = time.perf_counter()
-        argv = ["--input", str(folder), "--style", str(style), "--output", str(out), "--mode", "exact",
-                "--tile", str(args.tile), "--workers", str(args.workers), "--cpus-per-worker", "1",
-                "--max-in-flight", str(max(2, args.copies))]
-        if args.weights:
-            argv += ["--weights", args.weights]
         if stylize_main(argv) != 0:
             raise SystemExit("the batch job failed; see its log above")
-        return time.perf_counter() - start
     finally:
-        ray.shutdown()
+        stop.set()
+        sampler.join()
+    rows = read_manifest(str(out)).to_pylist()
+    ends = [r["finished_at"].timestamp() for r in rows]
+    starts = [end - r["seconds"] for end, r in zip(ends, rows, strict=True)]
+    return statistics.mean(r["seconds"] for r in rows), max(ends) - min(starts), peak[0]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", help="content image (default: a generated 3840x2160 JPEG)")
     p.add_argument("--weights", default=None, help="weights URI (default: $ULTRASTYLE_WEIGHTS or the official files)")
-    p.add_argument("--tile", type=int, default=1024)
+    p.add_argument("--tile", type=int, default=512)
     p.add_argument("--workers", type=int, default=2, help="CPU actors, and the in-process engine's threads")
-    p.add_argument("--copies", type=int, default=1, help="copies of the image in the batch (several in flight)")
+    p.add_argument("--copies", type=int, default=1, help="images in the batch (several in flight)")
+    p.add_argument("--repeats", type=int, default=2, help="A B rounds (medians are reported)")
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ultrastyle-throughput-"))
+    ray.init(address="local", num_cpus=args.workers, include_dashboard=False)
     try:
         folder = work / "in"
         folder.mkdir()
@@ -88,33 +114,39 @@ def main() -> None:
             shutil.copyfile(args.image, image)
         else:
             _content(image, (3840, 2160))
+        images = [image]
         for i in range(1, args.copies):
-            shutil.copyfile(image, folder / f"copy{i}{image.suffix}")
+            images.append(folder / f"copy{i}{image.suffix}")
+            shutil.copyfile(image, images[-1])
         style = work / "style.png"
         paint_style().save(style)
         with Image.open(image) as img:
             megapixels = img.width * img.height / 1e6
-            print(f"content {img.width}x{img.height} ({megapixels:.2f} MP) x {args.copies}, tile {args.tile}, "
-                  f"{args.workers} workers")
-
-        local = _in_process(image, style, work / f"local{image.suffix}", args)
-        print(f"in-process engine ({args.workers} threads): read {local['read']:.1f} s, stylize "
-              f"{local['stylize']:.1f} s, write {local['write']:.1f} s, total {local['total']:.1f} s -> "
-              f"{megapixels / local['total']:.3f} MP/s")
-
-        wall = _batch(folder, style, work / "out", args)
-        rows = read_manifest(str(work / "out")).to_pylist()
-        pair = float(np.mean([r["seconds"] for r in rows]))
-        print(f"batch job ({args.workers} CPU actors): pair {pair:.1f} s on average -> "
-              f"{megapixels / pair:.3f} MP/s per image; {megapixels * len(rows) / wall:.3f} MP/s over the job's "
-              f"{wall:.1f} s wall (Ray start and weight loading included)")
-        print(f"Ray overhead on the pair: {100 * (pair / local['total'] - 1):+.1f} % of the in-process time")
-        for row in rows:
-            split = ", ".join(f"{k.removesuffix('_seconds')} {row[k]:.1f} s" for k in STAGES)
-            busy = row["compute_seconds"] / (args.workers * row["stylize_seconds"])
-            print(f"  {Path(row['content_uri']).name}: {row['tiles']} tiles, {row['seconds']:.1f} s: {split}; "
-                  f"actors busy {100 * busy:.0f} % of the levels' wall time")
+        print(f"content {img.width}x{img.height} ({megapixels:.2f} MP) x {args.copies}, tile {args.tile}, "
+              f"{args.workers} workers")
+        a_runs, pair_runs, job_runs, peaks = [], [], [], []
+        for r in range(args.repeats):
+            local = work / f"local{r}"
+            local.mkdir()
+            a_runs.append(_in_process(images, style, local, args))
+            print(f"A{r + 1} in-process: {a_runs[-1]:.1f} s -> {megapixels * args.copies / a_runs[-1]:.3f} MP/s",
+                  flush=True)
+            pair, job, peak = _batch(folder, style, work / f"out{r}", args)
+            pair_runs.append(pair)
+            job_runs.append(job)
+            peaks.append(peak)
+            print(f"B{r + 1} batch: pair {pair:.1f} s, job {job:.1f} s -> {megapixels * args.copies / job:.3f} MP/s; "
+                  f"object store peak {peak / 2**20:.0f} MiB", flush=True)
+        a, pair, job = statistics.median(a_runs), statistics.median(pair_runs), statistics.median(job_runs)
+        total_mp = megapixels * args.copies
+        print(f"median A {a:.1f} s ({total_mp / a:.3f} MP/s); B pair {pair:.1f} s, job {job:.1f} s "
+              f"({total_mp / job:.3f} MP/s)")
+        print(f"B/A: job rate {100 * a / job:.1f} % of in-process; pair time {100 * pair / (a / args.copies):.1f} % "
+              f"of one in-process image")
+        print(f"object store peak: {max(peaks) / 2**20:.0f} MiB = {max(peaks) / (total_mp * 1e6):.1f} bytes "
+              f"per pixel of the {args.copies} image(s)")
     finally:
+        ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -75,3 +75,20 @@ def test_code_version_prefers_the_image_build_then_the_checkout(monkeypatch):
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     assert code_version().endswith("+git." + head)
+
+
+def test_controls_count_only_when_set():
+    from pipeline.controls import control_settings
+
+    base = _settings()
+    assert "controls" not in base and _settings(controls=control_settings()) == base
+    variants = [control_settings(style_weights=(0.7, 0.3)), control_settings(style_weights=(0.6, 0.4)),
+                control_settings(mask="sha256:" + "dd" * 32), control_settings(mask="sha256:" + "ee" * 32),
+                control_settings(preserve_color=True)]
+    prints = {fingerprint(_settings(controls=c)) for c in variants}
+    assert len(prints) == len(variants) and fingerprint(base) not in prints
+    # weights count normalised: 2,2 is 1,1
+    assert _settings(controls=control_settings(style_weights=(2, 2))) == _settings(
+        controls=control_settings(style_weights=(1, 1)))
+    assert changes(_settings(controls=variants[0]), _settings(controls=variants[1])) == [
+        "controls style_weights [0.7, 0.3] -> [0.6, 0.4]"]

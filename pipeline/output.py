@@ -26,7 +26,7 @@ from pipeline.canvas import Canvas, MemoryCanvas
 from pipeline.imageio import check_output, local_output, save_vips
 from pipeline.tiles import Rect
 
-__all__ = ["canvas_image", "canvas_png_stream", "write_canvas"]
+__all__ = ["canvas_image", "canvas_png_stream", "canvas_to_uint8", "write_canvas"]
 
 # Rows converted per band of the PNG stream.
 BAND_ROWS = 64
@@ -34,6 +34,16 @@ BAND_ROWS = 64
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
     return (np.clip(values, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+
+
+def canvas_to_uint8(canvas: Canvas, height: int, width: int, *, band: int = 256) -> np.ndarray:
+    """The image part of a canvas as ``(H, W, 3)`` uint8, converted a band of rows at a time
+    with the writer's rounding (the Ray actors send the last level this way)."""
+    out = np.empty((height, width, 3), np.uint8)
+    for y in range(0, height, band):
+        rows = canvas.read(Rect(y, 0, min(y + band, height), width))
+        out[y : y + rows.shape[1]] = _to_uint8(rows.transpose(1, 2, 0))
+    return out
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -16,6 +16,7 @@ values in [0, 1] written to an integer canvas are rounded to its levels.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Protocol
 
 import numpy as np
@@ -134,10 +135,16 @@ def open_canvas(
     name: str,
     dtype: DTypeLike = np.float32,
 ) -> Canvas:
-    """A :class:`DiskCanvas` under ``workdir``, or a :class:`MemoryCanvas` when it is ``None``."""
+    """A :class:`DiskCanvas` under ``workdir``, or a :class:`MemoryCanvas` when it is ``None``.
+
+    ``name`` starts the file's name, which is made unique, so two canvases opened under one
+    workdir with one name (a content image and its mask, say) never share a file.
+    """
     if workdir is None:
         return MemoryCanvas(np.zeros((channels, height, width), _dtype(dtype)))
-    return DiskCanvas(os.path.join(workdir, f"{name}.{np.dtype(dtype).str[1:]}"), channels, height, width, dtype)
+    fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=f".{np.dtype(dtype).str[1:]}", dir=workdir)
+    os.close(fd)
+    return DiskCanvas(path, channels, height, width, dtype)
 
 
 def reflect_pad_canvas(canvas: Canvas, height: int, width: int) -> None:

@@ -8,6 +8,10 @@ of the process tree (sampled every 50 ms, and the kernel's own high-water mark o
 process), on CUDA the peak GPU memory allocated, and the PSNR of the result against the fp32
 whole-image result on the same input (computed after the timed run; ``--no-psnr`` skips it).
 Run each configuration in a fresh process: the peak is per process.
+
+That measures the cascade alone. From encoded file to encoded file, :func:`photo_file` makes
+an input of any size from a real photo and ``scripts/bench_table.py --files`` runs
+``ultrastyle stylize`` on it under ``/usr/bin/time -v``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 
 import numpy as np
 import psutil
+import pyvips
 import torch
 
 from pipeline.canvas import Canvas
@@ -31,7 +36,7 @@ from pipeline.models import load_model_set
 from pipeline.precision import DEFAULT_PRECISION, PRECISIONS
 from pipeline.tiled import read_rgb
 
-__all__ = ["LevelClock", "PeakMemory", "build_parser", "main", "psnr8", "synthetic_image"]
+__all__ = ["LevelClock", "PeakMemory", "build_parser", "main", "photo_file", "psnr8", "synthetic_image"]
 
 PROG = "ultrastyle bench"
 
@@ -41,6 +46,26 @@ def psnr8(a: np.ndarray, b: np.ndarray) -> float:
     qa, qb = np.round(np.clip(a, 0, 1) * 255), np.round(np.clip(b, 0, 1) * 255)
     mse = float(((qa - qb) ** 2).mean())
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def photo_file(path: str, width: int, height: int, *, seed: int = 0) -> None:
+    """Write a ``width`` x ``height`` JPEG (quality 92) or PNG (by ``path``'s extension) of a real photo.
+
+    scikit-image's coffee photo, resized by libvips with a cubic kernel, plus fine Gaussian
+    grain (sigma 6 levels) so the file compresses like a photo rather than a smooth blow-up
+    (a 12000x8000 JPEG is about 33 MB, the PNG about 260 MB). libvips streams the resize into
+    the encoder, so a gigapixel file is made in constant memory.
+    """
+    from skimage import data
+
+    photo = pyvips.Image.new_from_array(np.ascontiguousarray(data.coffee())).copy(interpretation="srgb")
+    big = photo.resize(width / photo.width, vscale=height / photo.height, kernel="cubic")
+    grain = pyvips.Image.gaussnoise(width, height, sigma=6, mean=0, seed=seed)
+    image = (big + grain.bandjoin([grain, grain])).cast("uchar").copy(interpretation="srgb")
+    if path.lower().endswith(".png"):
+        image.pngsave(path, compression=3)
+    else:
+        image.jpegsave(path, Q=92)
 
 
 def synthetic_image(height: int, width: int, *, seed: int = 0, band: int = 512) -> np.ndarray:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from pipeline.canvas import Canvas, open_canvas, reflect_pad_canvas
-from pipeline.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size, read_image
+from pipeline.imageio import DEFAULT_MAX_PIXELS, ImageError, image_size, read_canvas
 from pipeline.stats import FeatureStats, TileStats, feature_stats, label_stats
 from pipeline.tiles import Rect, canvas_size
 from pipeline.wct import Coloring, TransformSet, blend_colorings, coloring, whitening_coloring
@@ -292,8 +292,12 @@ def _labels_canvas(
 
 
 def _grey_levels(values: np.ndarray) -> np.ndarray:
-    """Decoded channel values (float in [0, 1] from our readers) back to 8-bit grey levels."""
-    return values.astype(np.int64) if values.dtype == np.uint8 else np.rint(values * 255).astype(np.int64)
+    """Decoded channel values back to 8-bit grey levels (uint8 as they are, uint16 scaled, float in [0, 1])."""
+    if values.dtype == np.uint8:
+        return values.astype(np.int64)
+    if values.dtype == np.uint16:
+        return np.rint(values / 257).astype(np.int64)
+    return np.rint(values * 255).astype(np.int64)
 
 
 def read_mask(
@@ -309,24 +313,17 @@ def read_mask(
     """Read a label mask onto a padded canvas (see :func:`mask_canvas`).
 
     The mask is an 8-bit greyscale image of the content's size whose grey value ``i`` picks
-    the ``i``-th style (0, 1, 2, ...); a colour image counts by its red channel. TIFF masks
-    stream segment by segment, as TIFF content images do, and labels are copied a band at a
-    time, so a mask costs no more memory than reading its content image does.
+    the ``i``-th style (0, 1, 2, ...); a colour image counts by its red channel. Masks are
+    decoded a strip at a time onto a canvas, as content images are, and labels are copied a
+    band at a time, so a mask costs no more memory than reading its content image does.
 
     Raises:
         ImageError: unreadable, another size than ``height`` x ``width``, or more labels than styles.
     """
-    # tiff_source imports the cascade, which imports this module: import it when needed.
-    from pipeline.tiff_source import is_tiff, read_tiff_canvas
-
     check_mask_size(mask_uri, height, width, storage_options)
-    if is_tiff(mask_uri):
-        streamed = read_tiff_canvas(mask_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
-        try:
-            return _labels_canvas(lambda y0, y1: _grey_levels(streamed.canvas.read(Rect(y0, 0, y1, width))[0]),
-                                  height, width, styles=styles, workdir=workdir, mask_uri=mask_uri)
-        finally:
-            streamed.close()
-    rgb = read_image(mask_uri, storage_options, max_pixels=max_pixels).rgb
-    return _labels_canvas(lambda y0, y1: _grey_levels(rgb[y0:y1, :, 0]), height, width, styles=styles,
-                          workdir=workdir, mask_uri=mask_uri)
+    streamed = read_canvas(mask_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+    try:
+        return _labels_canvas(lambda y0, y1: _grey_levels(streamed.canvas.read(Rect(y0, 0, y1, width))[0]),
+                              height, width, styles=styles, workdir=workdir, mask_uri=mask_uri)
+    finally:
+        streamed.close()

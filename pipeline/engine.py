@@ -20,11 +20,18 @@ import torch.nn.functional as F
 from pipeline.canvas import Canvas, MemoryCanvas
 from pipeline.cascade import LevelCallback, style_statistics, stylize_whole
 from pipeline.controls import StyleLevel, label_count, read_mask
-from pipeline.imageio import DEFAULT_MAX_PIXELS, LoadedImage, read_image
+from pipeline.imageio import (
+    DEFAULT_MAX_PIXELS,
+    LoadedImage,
+    StreamedImage,
+    check_output,
+    image_size,
+    read_canvas,
+    read_image,
+)
 from pipeline.models import ModelSet
 from pipeline.output import write_canvas
 from pipeline.stats import FeatureStats
-from pipeline.tiff_source import StreamedImage, is_tiff, read_tiff_canvas
 from pipeline.tiled import TileCallback, canvas_from_array, read_rgb, stylize_exact, stylize_thumbnail
 from pipeline.tiles import Rect, canvas_size, plan_tiles
 
@@ -149,11 +156,9 @@ def stylize_image(
 
 def read_content(
     uri: str, storage_options: dict[str, Any] | None = None, *, workdir: str | None, max_pixels: int
-) -> LoadedImage | StreamedImage:
-    """TIFFs stream segment by segment onto a canvas under ``workdir``; other formats decode whole."""
-    if is_tiff(uri):
-        return read_tiff_canvas(uri, storage_options, workdir=workdir, max_pixels=max_pixels)
-    return read_image(uri, storage_options, max_pixels=max_pixels)
+) -> StreamedImage:
+    """Decode ``uri`` a strip at a time onto a canvas under ``workdir`` (8-bit stays 8-bit)."""
+    return read_canvas(uri, storage_options, workdir=workdir, max_pixels=max_pixels)
 
 
 def stylize_file(
@@ -175,14 +180,17 @@ def stylize_file(
 ) -> RunReport:
     """Read ``content_uri``, stylize it and write ``output_uri`` (alpha and ICC profile kept).
 
-    ``mask_uri`` (with per-label colourings in ``style_stats``) is read onto a canvas and
-    checked (size, labels) before anything is stylized.
+    The output's format, and whether it can hold the image, are checked from the input's
+    header before anything is decoded or stylized. ``mask_uri`` (with per-label colourings in
+    ``style_stats``) is read onto a canvas and checked (size, labels) before anything is
+    stylized.
     """
     labels = label_count(next(iter(style_stats.values())))
     if (mask_uri is None) != (labels == 0):
         raise ValueError("a mask needs one colouring per style (style_levels(..., masked=True)) and vice versa")
+    start = time.perf_counter()
+    check_output(output_uri, *image_size(content_uri, storage_options))
     with tempfile.TemporaryDirectory(prefix="ultrastyle-") as workdir:
-        start = time.perf_counter()
         image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
         mask = None
         try:
@@ -198,8 +206,7 @@ def stylize_file(
             write_result(output_uri, canvas, image, quality=quality, storage_options=storage_options)
             canvas.close()
         finally:
-            if isinstance(image, StreamedImage):
-                image.close()
+            image.close()
             if mask is not None:
                 mask.close()
     report.seconds = {"read": read_s, **report.seconds, "write": time.perf_counter() - start}

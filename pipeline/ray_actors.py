@@ -28,12 +28,12 @@ import torch
 from pipeline.canvas import MemoryCanvas
 from pipeline.chunks import ChunkCanvas, compact, intersection
 from pipeline.engine import Mode, RunReport, StyleLevels, StyleStats, load_style, read_content, stylize_file
-from pipeline.imageio import ImageError, LoadedImage
+from pipeline.imageio import ImageError
 from pipeline.models import load_model_set
 from pipeline.output import canvas_to_uint8, write_canvas
 from pipeline.precision import DEFAULT_PRECISION, Precision, tf32_flags
 from pipeline.stats import FeatureStats
-from pipeline.tiled import canvas_from_array, level_geometry, round_a_tiles, round_b_tiles
+from pipeline.tiled import level_geometry, round_a_tiles, round_b_tiles
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
 from pipeline.wct import ColorTransform
 
@@ -114,7 +114,7 @@ def cut_image(
     ``(1, h', w')`` alpha clipped to the image (``None`` without alpha). Values are uint8
     where that is lossless (8-bit inputs), else float32 in [0, 1] (see
     :func:`~pipeline.chunks.compact`). The image goes through
-    :func:`~pipeline.engine.read_content` onto a disk canvas (TIFFs segment by segment).
+    :func:`~pipeline.engine.read_content` onto a disk canvas a strip at a time.
 
     Args:
         width, height: the size the driver read from the header and planned the tiles for.
@@ -130,11 +130,7 @@ def cut_image(
             raise ImageError(f"{content_uri} decodes to {image.width}x{image.height}, its header says {width}x{height}")
         bounds = Rect(0, 0, height, width)
         cores = [t.core for t in plan_tiles(height, width, tile=tile)]
-        if isinstance(image, LoadedImage):
-            canvas = canvas_from_array(image.rgb, workdir=workdir)
-            alpha = None if image.alpha is None else MemoryCanvas(image.alpha[None])
-        else:
-            canvas, alpha = image.canvas, image.alpha
+        canvas, alpha = image.canvas, image.alpha
         header = ImageHeader(width, height, alpha is not None, image.icc_profile, 0.0)
         del image
         try:

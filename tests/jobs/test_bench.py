@@ -51,3 +51,18 @@ def test_bench_on_cuda_reports_gpu_memory_and_psnr(weights_dir, capsys):
     assert result["device"] != "cpu" and result["tile_batch"] == 4
     assert result["peak_gpu_gib"] > 0 and result["psnr_vs_fp32_whole"] >= 25
     assert set(result["level_seconds"]) == {"5", "4", "3", "2", "1"}
+
+
+def test_photo_file_is_a_photo_of_the_asked_size(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from jobs.bench import photo_file
+
+    for name in ("p.jpg", "p.png"):
+        photo_file(str(tmp_path / name), 330, 210)
+        with Image.open(tmp_path / name) as img:
+            assert img.size == (330, 210) and img.format == {"p.jpg": "JPEG", "p.png": "PNG"}[name]
+            arr = np.asarray(img, np.float64)
+        # Coffee's dark cup on a light saucer: a wide range, not a flat or noise-only image.
+        assert arr.std() > 40 and np.percentile(arr, 5) < 60 and np.percentile(arr, 95) > 180

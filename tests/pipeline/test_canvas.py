@@ -44,3 +44,28 @@ def test_reflect_pad_canvas_matches_numpy_reflect(height, width):
     reflect_pad_canvas(canvas, height, width)
     padded = np.pad(image, ((0, ch - height), (0, cw - width), (0, 0)), mode="reflect")
     np.testing.assert_array_equal(canvas.array, padded.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_canvases_store_samples_and_read_float(tmp_path, dtype):
+    """An 8-bit image costs 3 bytes a pixel on disk and reads as the float the engine wants."""
+    top = float(np.iinfo(dtype).max)
+    samples = np.random.default_rng(1).integers(0, int(top) + 1, (3, 40, 56)).astype(dtype)
+    disk = DiskCanvas(str(tmp_path / "c.raw"), 3, 40, 56, dtype)
+    assert (tmp_path / "c.raw").stat().st_size == samples.size * np.dtype(dtype).itemsize
+    for canvas in (disk, MemoryCanvas(np.zeros((3, 40, 56), dtype))):
+        canvas.write(Rect(0, 0, 40, 56), samples)
+        rect = Rect(3, 5, 37, 50)
+        got = canvas.read(rect)
+        assert got.dtype == np.float32
+        # Exactly what dividing by the full scale gives (the whole-image path's to_tensor).
+        np.testing.assert_array_equal(got, samples[(slice(None), *rect.slices())].astype(np.float32) / np.float32(top))
+        # Floats written back (as reflect padding does) round to the same samples.
+        canvas.write(rect, got)
+        np.testing.assert_array_equal(canvas.read(rect), got)
+    disk.close()
+
+
+def test_unknown_canvas_dtype_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        DiskCanvas(str(tmp_path / "c.raw"), 3, 4, 4, np.int32)

@@ -53,3 +53,27 @@ def test_uint8_images_run_in_every_mode(model_set, style_dir):
         assert report.mode == mode
         results[mode] = read_rgb(canvas, 96, 112)
     np.testing.assert_allclose(results["whole"], results["exact"], atol=1e-4)
+
+
+def test_rotated_jpeg_with_a_profile_exact_equals_whole_through_files(model_set, style_dir, tmp_path):
+    """A JPEG with EXIF orientation 6 and a Display P3 profile, streamed 8-bit onto the canvas:
+    the exact tiled run equals the whole-image run, file to file, and both keep the profile."""
+    import pyvips
+    from skimage import data
+
+    from pipeline.imageio import read_image
+
+    photo = np.ascontiguousarray(data.astronaut()[40:440, 60:400])  # 400 x 340, shown turned: 340 x 400
+    p3 = pyvips.Image.black(1, 1, bands=3).copy(interpretation="srgb").icc_transform("p3", input_profile="srgb")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo).save(tmp_path / "in.jpg", quality=92, exif=exif, icc_profile=p3.get("icc-profile-data"))
+    style = load_style(str(style_dir / "strokes_570.jpg"), model_set)
+    whole = stylize_file(str(tmp_path / "in.jpg"), str(tmp_path / "whole.png"), style, model_set, mode="whole")
+    exact = stylize_file(str(tmp_path / "in.jpg"), str(tmp_path / "exact.png"), style, model_set, tile=128)
+    assert (whole.width, whole.height, exact.mode, exact.tiles) == (400, 340, "exact", 12)
+    a, b = read_image(str(tmp_path / "whole.png")), read_image(str(tmp_path / "exact.png"))
+    assert a.icc_profile == b.icc_profile == p3.get("icc-profile-data")
+    assert a.rgb.shape == (340, 400, 3)
+    mse = ((a.rgb - b.rgb) ** 2).mean()
+    assert mse == 0 or 10 * np.log10(1 / mse) >= 50

@@ -73,7 +73,7 @@ def test_styles_are_checked_and_only_all_failing_stops_the_job(tmp_path):
     assert list(found) == [good, missing, notes]
     assert found[good].error == "" and found[good].digest.startswith("sha256:")
     assert found[missing].error == f"no such file: {missing}" and found[missing].digest == ""
-    assert "not a readable image" in found[notes].error
+    assert "is not an image" in found[notes].error
     with pytest.raises(ImageError, match=f"^style image failed: no such file: {missing}$"):
         check_styles([missing, notes], max_pixels=10_000)
     with pytest.raises(ImageError, match="over --max-pixels 1,000"):

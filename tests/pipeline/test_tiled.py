@@ -82,8 +82,9 @@ def _tiled_level(model_set, image, level, transform, geo, tile):
     h, w = canvas.height, canvas.width
     feats = MemoryCanvas(np.zeros((encoder.out_channels, h // geo.scale, w // geo.scale), np.float32))
     out = np.zeros((3, h, w), np.float32)
-    for t in plan_tiles(h, w, tile=tile):
-        feats.write(t.core.scaled(geo.scale), tile_round_a(canvas, t, encoder, geo)[1])
+    if geo.cache_features:  # round A keeps features only where round B reads them
+        for t in plan_tiles(h, w, tile=tile):
+            feats.write(t.core.scaled(geo.scale), tile_round_a(canvas, t, encoder, geo)[1])
     for t in plan_tiles(h, w, tile=tile):
         f = feats if geo.cache_features else None
         out[(slice(None), *t.core.slices())] = tile_round_b(canvas, f, t, encoder, decoder, geo, transform)

@@ -169,8 +169,14 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
     except ImageError as e:
         raise UsageError(f"--output {e}") from e
     check_output(args.output, args.storage_options, folder=False)
+    try:
+        size: tuple[int, int] | None = image_size(content, args.storage_options)
+    except ImageError:
+        if args.mask is not None:
+            raise
+        size = None  # stylize_file refuses the input below, with the decoder's own message
     if args.mask is not None:
-        width, height = image_size(content, args.storage_options)
+        width, height = size
         check_mask_size(args.mask, height, width, args.storage_options)
     start = time.perf_counter()
     models = load_model_set(args.weights, storage_options=args.storage_options, precision=args.precision)
@@ -180,11 +186,8 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
     log.info("models %s loaded and style statistics ready in %.1f s", models.model_id, time.perf_counter() - start)
     line = ProgressLine(log, seconds=args.progress_seconds)
     progress = None
-    try:
-        width, height = image_size(content, args.storage_options)
-    except ImageError:
-        pass  # no progress to show: stylize_file refuses the input below, with the decoder's own message
-    else:
+    if size is not None:
+        width, height = size
         mode = choose_mode(args.mode, height, width, args.tile)
         if mode != "whole":
             tiles = len(plan_tiles(height, width, tile=args.tile))

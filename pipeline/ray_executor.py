@@ -17,6 +17,7 @@ is not thread-safe, hence this small one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -30,7 +31,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError
 
 from pipeline.chunks import overlapping
 from pipeline.ray_actors import CallInfo, WorkerInfo
-from pipeline.stats import FeatureStats
+from pipeline.stats import TileStats, TileStatsFold
 from pipeline.tiled import LevelGeometry, TileCallback
 from pipeline.tiles import Rect, Tile
 from pipeline.wct import ColorTransform
@@ -123,12 +124,13 @@ class ModelPool:
             self._alive[index] = False
         log.warning("model actor %s is gone for good; %d left", self.infos[index].worker, self.alive)
 
-    def run(self, calls: Sequence[Call], *, on_done: Callable[[int, Any], None] | None = None) -> list[Done]:
+    def run(self, calls: Sequence[Call], *, on_done: Callable[[int, Any], Any] | None = None) -> list[Done]:
         """Send every call, wait for all, and return them in ``calls``' order.
 
         Args:
             calls: the calls; all are sent at once (the actors queue them).
-            on_done: called as ``on_done(i, value)`` as call ``i`` finishes (progress).
+            on_done: called as ``on_done(i, value)`` as call ``i`` finishes (progress, a
+                streaming reduction); what it returns is kept as the call's value.
 
         Raises:
             The first failed call's error (the original exception, as Ray re-raises it);
@@ -157,7 +159,7 @@ class ModelPool:
                             self._avoid_until[index] = time.monotonic() + UNAVAILABLE_SECONDS
                         raise
                     if on_done is not None:
-                        on_done(i, values[i])
+                        values[i] = on_done(i, values[i])
         finally:
             for i in pending.values():
                 self._release(sent[i][0], calls[i].weight)
@@ -219,12 +221,20 @@ class RayExecutor:
             found.update(overlapping(self._cores, self._cores[i].grow(halo, self._bounds)))
         return sorted(found)
 
-    def _run(self, calls: list[Call]) -> list[Done]:
-        def account(i: int, info: CallInfo) -> None:
+    def _run(self, calls: list[Call], fold: TileStatsFold | None = None) -> list[Done]:
+        """Run one call per group; with ``fold``, each call's statistics go into it as the call
+        finishes and are not kept."""
+
+        def account(i: int, info: CallInfo) -> CallInfo:
             self.workers.add(info.worker)
             self.compute_seconds += info.seconds
             if self._on_tile is not None:
                 self._on_tile(len(self._groups[i]))
+            if fold is None:
+                return info
+            for tile, stats in zip(self._groups[i], info.stats, strict=True):
+                fold.add(tile, stats)
+            return dataclasses.replace(info, stats=())
 
         return self.pool.run(calls, on_done=account)
 
@@ -235,7 +245,7 @@ class RayExecutor:
     def _weight(self, group: range) -> float:
         return float(sum(self._cores[i].area for i in group))
 
-    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> list[FeatureStats]:
+    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> TileStats:
         self._check(tiles)
         calls = []
         for group in self._groups:
@@ -244,11 +254,12 @@ class RayExecutor:
             extra = len(group) if geo.cache_features else 0
             calls.append(Call("round_a", (*head, *(self.image[j] for j in near)), num_returns=1 + extra,
                               weight=self._weight(group)))
-        done = self._run(calls)
+        fold = TileStatsFold(len(self._tiles))
+        done = self._run(calls, fold)
         if geo.cache_features:
             self._features = [ref for d in done for ref in d.rest]
             self.image = []  # round B decodes the features; the image is not read again
-        return [s for d in done for s in d.value.stats]
+        return fold.result()
 
     def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: ColorTransform, *, last: bool) -> None:
         self._check(tiles)

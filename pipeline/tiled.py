@@ -43,8 +43,9 @@ from pipeline.controls import (
     region_stats,
     sample_labels,
 )
+from pipeline.heap import release_free_heap
 from pipeline.models import CASCADE, ModelSet
-from pipeline.stats import TileStats, merge_tile_stats
+from pipeline.stats import TileStats, TileStatsFold
 from pipeline.tiles import Rect, Tile, canvas_size, plan_tiles
 from pipeline.wct import TransformSet
 
@@ -232,9 +233,14 @@ def round_a_tiles(
     Up to ``batch`` equal-size regions go through the encoder at once (:func:`map_batched`).
     """
     bounds = Rect(0, 0, canvas.height, canvas.width)
-    regions = [(t.core, t.core.grow(geo.encoder_halo, bounds)) for t in tiles]
-    calls = ((torch.from_numpy(canvas.read(r))[None], core.relative_to(r)) for core, r in regions)
-    features = map_batched(lambda x, core: encode_core(encoder, x, core, geo.scale), calls, batch=batch)
+
+    def calls() -> Iterator[tuple[torch.Tensor, Rect]]:
+        for t in tiles:
+            release_free_heap()
+            region = t.core.grow(geo.encoder_halo, bounds)
+            yield torch.from_numpy(canvas.read(region))[None], t.core.relative_to(region)
+
+    features = map_batched(lambda x, core: encode_core(encoder, x, core, geo.scale), calls(), batch=batch)
     for t, f in zip(tiles, features, strict=True):
         stats = region_stats(f, region_labels(mask, t.core, geo.scale), labels)
         yield stats, (f[0].cpu().numpy() if geo.cache_features else None)
@@ -279,6 +285,7 @@ def round_b_tiles(
 
     def calls() -> Iterator[tuple[torch.Tensor, Rect, torch.Tensor | None]]:
         for t in tiles:
+            release_free_heap()
             if features is not None:
                 region = t.core.grow(geo.decoder_halo, bounds)
                 x = upload(torch.from_numpy(features.read(region.scaled(geo.scale)))[None], device)
@@ -318,10 +325,11 @@ class TileExecutor(Protocol):
     job's executor (:mod:`pipeline.ray_executor`) runs them on Ray actors over object refs.
     """
 
-    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> list[TileStats]:
-        """Encode every tile of the current image; return each core's statistics (per mask
-        label when the executor has a mask) in ``tiles``' order, and keep the core's features
-        for :meth:`round_b` when ``geo.cache_features``."""
+    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> TileStats:
+        """Encode every tile of the current image and return the image's statistics (per mask
+        label when the executor has a mask): the cores' statistics merged in ``tiles``' order
+        by a :class:`~pipeline.stats.TileStatsFold`. Keep each core's features for
+        :meth:`round_b` when ``geo.cache_features``."""
         ...
 
     def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: TransformSet, *, last: bool) -> None:
@@ -346,8 +354,8 @@ def run_levels(
 ) -> float:
     """The tiled cascade's level loop, wherever the tiles run.
 
-    Per level: round A over the tiles, merge their statistics (in tile order, so every
-    executor reduces the same numbers in the same order), one transform, round B.
+    Per level: round A over the tiles, which the executor returns merged (in tile order, so
+    every executor reduces the same numbers in the same order), one transform, round B.
 
     Args:
         executor: runs the rounds and holds the image (see :class:`TileExecutor`).
@@ -367,9 +375,8 @@ def run_levels(
     for i, geo in enumerate(geometry):
         start = time.perf_counter()
         if content_stats is None:
-            tile_stats = executor.round_a(geo, tiles)
+            stats = executor.round_a(geo, tiles)
             middle = time.perf_counter()
-            stats = merge_tile_stats(tile_stats)
         else:
             middle = time.perf_counter()
             stats, geo = content_stats(geo.level), dataclasses.replace(geo, cache_features=False)
@@ -421,19 +428,19 @@ class CanvasExecutor:
         if self._on_tile is not None:
             self._on_tile(1)
 
-    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> list[TileStats]:
+    def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> TileStats:
         encoder = self._models.encoders[geo.level]
         if geo.cache_features:
             h, w = self.image.height // geo.scale, self.image.width // geo.scale
             self._features = open_canvas(encoder.out_channels, h, w, workdir=self._workdir, name=f"features{geo.level}")
-        stats = []
+        fold = TileStatsFold(len(tiles))
         results = round_a_tiles(self.image, tiles, encoder, geo, self._mask, self._labels, batch=self._batch)
-        for t, (tile_stats, features) in zip(tiles, results, strict=True):
-            stats.append(tile_stats)
+        for i, (t, (tile_stats, features)) in enumerate(zip(tiles, results, strict=True)):
+            fold.add(i, tile_stats)
             if features is not None:
                 self._features.write(t.core.scaled(geo.scale), features)
             self._tick()
-        return stats
+        return fold.result()
 
     def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: TransformSet, *, last: bool) -> None:
         image, features = self.image, self._features if geo.cache_features else None

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                    help="arithmetic of the networks: fp32 (exact, TF32 off), tf32 (TF32 allowed on GPUs), bf16 or "
                    "fp16 (convolutions in that dtype; statistics stay float64). Default fp32")
+    p.add_argument("--tile-batch", type=int, default=None,
+                   help="equal-size tile regions put through a network at once (default: 4 on a GPU, where one "
+                   "tile leaves it idle; 1 on the CPU, where batching does not help)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 1e9)")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
     p.add_argument("--storage-options", type=json.loads, default=None,
@@ -123,8 +126,9 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("max_in_flight", "max_pixels"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    for name in ("workers", "tile_batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_in_flight_mp is not None and args.max_in_flight_mp <= 0:
         raise UsageError(f"--max-in-flight-mp must be positive, got {args.max_in_flight_mp}")
     if args.cpus_per_worker <= 0 or args.progress_seconds <= 0:
@@ -179,11 +183,13 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
         width, height = size
         check_mask_size(args.mask, height, width, args.storage_options)
     start = time.perf_counter()
-    models = load_model_set(args.weights, storage_options=args.storage_options, precision=args.precision)
+    models = load_model_set(args.weights, storage_options=args.storage_options, precision=args.precision,
+                            tile_batch=args.tile_batch)
     styles = [load_style(uri, models, style_size=args.style_size, storage_options=args.storage_options,
                          max_pixels=args.max_pixels) for uri in args.style]
     style = style_levels(styles, weights=args.style_weights, masked=args.mask is not None)
-    log.info("models %s loaded and style statistics ready in %.1f s", models.model_id, time.perf_counter() - start)
+    log.info("models %s loaded (%s, %d tile(s) per network call) and style statistics ready in %.1f s",
+             models.model_id, models.precision, models.tile_batch, time.perf_counter() - start)
     line = ProgressLine(log, seconds=args.progress_seconds)
     progress = None
     if size is not None:

@@ -465,6 +465,7 @@ def _start_actors(args: argparse.Namespace, settings: BatchSettings, run_id: str
             threads=threads,
             storage_options=args.storage_options,
             precision=args.precision,
+            tile_batch=args.tile_batch,
         )
         for i in range(settings.workers)
     ]
@@ -560,7 +561,8 @@ def _run_pairs(
         except Exception as e:
             raise _StartupError(f"model actors failed to start: {one_line_error(e)}") from e
         for info in infos:
-            log.info("actor %s ready: model %s on %s (pid %d)", info.worker, info.model_id, info.device, info.pid)
+            log.info("actor %s ready: model %s on %s, %d tile(s) per network call (pid %d)", info.worker,
+                     info.model_id, info.device, info.tile_batch, info.pid)
         job = _Job(args, settings, writer, ModelPool(actors, infos), progress)
         return job.run(pairs)
     finally:

@@ -69,6 +69,7 @@ class WorkerInfo:
         pid: the actor's process id, for the operator's logs.
         node_id: the Ray node it runs on.
         channels: encoder output channels per level (sets the level's geometry).
+        tile_batch: tile regions it puts through a network at once.
     """
 
     worker: str
@@ -77,6 +78,7 @@ class WorkerInfo:
     pid: int
     node_id: str
     channels: dict[int, int]
+    tile_batch: int = 1
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class ModelActor:
         storage_options: passed to fsspec for weights, styles and outputs.
         precision: ``--precision``; loading the models in it also sets this actor process's
             TF32 switches (:func:`~pipeline.precision.apply_precision`).
+        tile_batch: ``--tile-batch``, tile regions per network call (``None``: the device's default).
     """
 
     def __init__(
@@ -211,9 +214,11 @@ class ModelActor:
         threads: int,
         storage_options: dict[str, Any] | None,
         precision: Precision = DEFAULT_PRECISION,
+        tile_batch: int | None = None,
     ) -> None:
         torch.set_num_threads(threads)
-        self.models = load_model_set(weights, device=device, storage_options=storage_options, precision=precision)
+        self.models = load_model_set(weights, device=device, storage_options=storage_options, precision=precision,
+                                     tile_batch=tile_batch)
         self.storage_options = storage_options
         self.worker = f"{name}@{ray.util.get_node_ip_address()}"
         self.geometry = {k: level_geometry(k, enc.out_channels) for k, enc in self.models.encoders.items()}
@@ -222,7 +227,8 @@ class ModelActor:
         """Who this actor is and what it loaded."""
         channels = {k: enc.out_channels for k, enc in self.models.encoders.items()}
         node = ray.get_runtime_context().get_node_id()
-        return WorkerInfo(self.worker, self.models.model_id, str(self.models.device), os.getpid(), node, channels)
+        return WorkerInfo(self.worker, self.models.model_id, str(self.models.device), os.getpid(), node, channels,
+                          self.models.tile_batch)
 
     def tf32_flags(self) -> dict[str, bool]:
         """This actor process's TF32 switches (:func:`~pipeline.precision.tf32_flags`)."""

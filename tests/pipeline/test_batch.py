@@ -229,6 +229,20 @@ def test_whole_mode_runs_each_image_in_one_actor_call(ray_cluster, content_dir, 
     assert _psnr(got, _decode((tmp_path / "ref.png").read_bytes())) >= 50
 
 
+def test_tile_batch_reaches_the_actors_and_keeps_the_pixels(ray_cluster, content_dir, style_dir, weights_dir,
+                                                            model_set, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ultrastyle")
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    Image.open(content_dir / "astronaut_512.jpg").convert("RGB").resize((400, 300)).save(source / "gate.png")
+    style = str(style_dir / "strokes_512.jpg")
+    assert main(_args(str(source), str(out), [style], weights_dir, "--tile-batch", "3")) == 0
+    assert len(re.findall(r"ready: model \S+ on cpu, 3 tile\(s\) per network call", caplog.text)) == 2
+    got = _decode((out / "gate__strokes_512.png").read_bytes())
+    want = _reference(str(source / "gate.png"), style, tmp_path, model_set, None)
+    assert _psnr(got, want) >= 50
+
+
 def test_admission_keeps_the_megapixels_in_flight_within_the_budget(ray_cluster, content_dir, style_dir, weights_dir,
                                                                    tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="ultrastyle")
@@ -259,7 +273,8 @@ def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, conten
     ("flag", "value", "message"),
     [("--tile", "100", "--tile must be a positive multiple of 16"), ("--max-in-flight", "0", "--max-in-flight"),
      ("--alpha", "1.5", "--alpha must be in [0, 1]"), ("--retries", "-1", "cannot be negative"),
-     ("--max-in-flight-mp", "0", "--max-in-flight-mp must be positive")],
+     ("--max-in-flight-mp", "0", "--max-in-flight-mp must be positive"),
+     ("--tile-batch", "0", "--tile-batch must be at least 1")],
 )
 def test_bad_flags_are_refused_before_anything_runs(flag, value, message, tmp_path, weights_dir, capsys):
     (tmp_path / "in").mkdir()

@@ -7,6 +7,9 @@ CUDA tests skip without a GPU; on one they check the exactness claim where TF32 
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -99,6 +102,21 @@ def test_the_cli_writes_an_image_in_every_mode(precision, weights_dir, content_d
     assert rc == 0
     assert Image.open(out).size == (128, 96)
     assert tf32_flags() == {"cudnn": precision == "tf32", "matmul": precision == "tf32"}
+
+
+def test_the_cli_batches_tiles_with_the_pixels_of_single_tiles(weights_dir, content_dir, style_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ultrastyle")
+    src = tmp_path / "in.png"
+    Image.open(content_dir / "astronaut_512.jpg").convert("RGB").crop((0, 0, 256, 192)).save(src)
+    outputs = {}
+    for batch in ("1", "4"):
+        outputs[batch] = tmp_path / f"out{batch}.png"
+        rc = main([str(src), "--style", str(style_dir / "strokes_512.jpg"), "--output", str(outputs[batch]),
+                   "--weights", str(weights_dir), "--style-size", "128", "--tile", "64", "--tile-batch", batch])
+        assert rc == 0
+    assert re.findall(r"loaded \(fp32, (\d) tile\(s\) per network call\)", caplog.text) == ["1", "4"]
+    single, batched = (np.asarray(Image.open(outputs[b]), np.float32) / 255 for b in ("1", "4"))
+    assert psnr8(single, batched) >= 60
 
 
 def test_an_unknown_precision_is_one_line_with_status_2(capsys):

@@ -16,7 +16,7 @@ into a :class:`WeightSet`, whose files are fetched hash-checked by :mod:`models.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -93,11 +93,15 @@ class WeightSet:
         model_id: short name recorded in manifests (``cd16x`` or ``bundle:<run id>``).
         family: channel widths of the encoders/decoders.
         files: ``"{k}SE"``/``"{k}SD"`` -> :class:`WeightSpec`.
+        location: the ``--weights`` location it was resolved from, a ``latest`` pointer
+            replaced by the bundle it named (``None`` for the embedded files), so that other
+            processes can load the same set.
     """
 
     model_id: str
     family: FamilySpec
     files: dict[str, WeightSpec]
+    location: str | None = None
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -161,14 +165,14 @@ def resolve_weights(uri: str | None = None, storage_options: dict[str, Any] | No
     if has_card:
         card = bundle.read_card(uri, storage_options)
         files = {name: WeightSpec(bundle.weight_uri(uri, name), digest) for name, digest in card["files"].items()}
-        return WeightSet(f"bundle:{card['run_id']}", bundle.card_family(card), files)
+        return WeightSet(f"bundle:{card['run_id']}", bundle.card_family(card), files, uri)
     if not is_dir:
         raise WeightsError(
             f"weights location {uri} is not a folder of {{k}}SE.pth/{{k}}SD.pth "
             "(or .safetensors) files nor a bundle"
         )
     packed = not any(n.endswith(".pth") for n in names) and any(n.endswith(".safetensors") for n in names)
-    return official_weight_set(uri, layout="safetensors" if packed else "flat")
+    return replace(official_weight_set(uri, layout="safetensors" if packed else "flat"), location=uri)
 
 
 def _load(module, weights: WeightSet, name: str, storage_options: dict[str, Any] | None):

@@ -38,6 +38,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayError, RayTaskError
 
+from models import WeightSet
 from pipeline.chunks import intersection
 from pipeline.controls import join_styles, mask_for, split_styles, style_levels
 from pipeline.engine import StyleStats
@@ -446,7 +447,9 @@ def _nodes() -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
 
-def _start_actors(args: argparse.Namespace, settings: BatchSettings, run_id: str) -> list[ActorHandle]:
+def _start_actors(
+    args: argparse.Namespace, settings: BatchSettings, run_id: str, weights: WeightSet
+) -> list[ActorHandle]:
     check_placement(_nodes(), workers=settings.workers, cpus=settings.cpus_per_worker,
                     gpus=settings.gpus_per_worker, io_cpus=settings.io_cpus)
     threads = max(1, round(settings.cpus_per_worker))
@@ -459,7 +462,7 @@ def _start_actors(args: argparse.Namespace, settings: BatchSettings, run_id: str
             max_task_retries=settings.retries,
             scheduling_strategy="SPREAD",
         ).remote(
-            args.weights,
+            weights.location,
             name=f"model-{i}",
             device=settings.device,
             threads=threads,
@@ -531,7 +534,7 @@ def run_batch(args: argparse.Namespace, content_uri: str) -> int:
     started_ray = _connect_ray() if todo else False
     try:
         if todo:
-            rows += _run_pairs(args, todo, writer, progress, run_id)
+            rows += _run_pairs(args, todo, writer, progress, run_id, checks.weight_set)
     except _StartupError as e:
         log.error("%s", e)
         return 1
@@ -548,13 +551,18 @@ class _StartupError(RuntimeError):
 
 
 def _run_pairs(
-    args: argparse.Namespace, pairs: list[Pair], writer: ManifestWriter, progress: BatchProgress, run_id: str
+    args: argparse.Namespace,
+    pairs: list[Pair],
+    writer: ManifestWriter,
+    progress: BatchProgress,
+    run_id: str,
+    weights: WeightSet,
 ) -> list[ManifestRow]:
     settings = _settings(args)
     log.info("starting %d model actors (%s, %g CPU and %g GPU each), up to %d images and %.1f MP in flight",
              settings.workers, settings.device, settings.cpus_per_worker, settings.gpus_per_worker,
              settings.max_in_flight, settings.max_in_flight_mp)
-    actors = _start_actors(args, settings, run_id)
+    actors = _start_actors(args, settings, run_id, weights)
     try:
         try:
             infos = ray.get([a.describe.remote() for a in actors])

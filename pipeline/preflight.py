@@ -160,11 +160,22 @@ def check_styles(
 
 @dataclass(frozen=True)
 class BatchChecks:
-    """What the driver found before starting anything: the weights and the styles."""
+    """What the driver found before starting anything: the weights and the styles.
 
-    model_id: str
+    Attributes:
+        weight_set: the resolved weights; the actors load its ``location``, so a
+            ``<publish>/latest`` moved after the check does not reach them.
+        weights: each weights file's digest, for the fingerprint.
+        styles: each style's check.
+    """
+
+    weight_set: WeightSet
     weights: dict[str, str]
     styles: dict[str, StyleCheck]
+
+    @property
+    def model_id(self) -> str:
+        return self.weight_set.model_id
 
     def stamp(self, pairs: Sequence[Pair], args: argparse.Namespace) -> list[Pair]:
         """Give each pair its settings (:func:`~pipeline.fingerprint.pair_settings`), and an
@@ -216,7 +227,7 @@ def check_batch(args: argparse.Namespace) -> BatchChecks:
     check_output(args.output, args.storage_options)
     weights, digests = check_weights(args.weights, args.storage_options)
     styles = check_styles(args.style, args.storage_options, max_pixels=args.max_pixels)
-    return BatchChecks(weights.model_id, digests, styles)
+    return BatchChecks(weights, digests, styles)
 
 
 def default_workers(nodes: Sequence[Mapping[str, float]], *, cpus: float, gpus: float, io_cpus: float) -> int:

@@ -194,7 +194,8 @@ class ModelActor:
     """Holds one weight set on one device and runs the engine's per-tile functions on it.
 
     Args:
-        weights: the ``--weights`` URI (``None``: ``$ULTRASTYLE_WEIGHTS`` or the embedded CD 16x files).
+        weights: the location of the weights the driver checked (``None``:
+            ``$ULTRASTYLE_WEIGHTS`` or the embedded CD 16x files).
         name: the actor's name in logs and the manifest.
         device: ``cpu`` or ``cuda`` (the call site asks Ray for a GPU when it is ``cuda``).
         threads: torch intra-op threads; the CPUs Ray reserved for this actor, so that

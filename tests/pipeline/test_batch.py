@@ -21,6 +21,9 @@ pytest.importorskip("moto.server")
 ray = pytest.importorskip("ray")
 
 from jobs.stylize import main  # noqa: E402
+from models.bundle import weight_name, write_bundle, write_latest  # noqa: E402
+from models.family import CD16X  # noqa: E402
+from pipeline import batch  # noqa: E402
 from pipeline.engine import load_style, stylize_file  # noqa: E402
 from pipeline.manifest import SCHEMA, read_manifest  # noqa: E402
 
@@ -241,6 +244,32 @@ def test_tile_batch_reaches_the_actors_and_keeps_the_pixels(ray_cluster, content
     got = _decode((out / "gate__strokes_512.png").read_bytes())
     want = _reference(str(source / "gate.png"), style, tmp_path, model_set, None)
     assert _psnr(got, want) >= 50
+
+
+def test_actors_load_the_bundle_the_driver_checked(ray_cluster, content_dir, style_dir, model_set, tmp_path,
+                                                  monkeypatch, caplog):
+    """A ``<publish>/latest`` promoted after the driver's checks does not reach the actors."""
+    caplog.set_level(logging.INFO, logger="ultrastyle")
+    publish, source, out = tmp_path / "publish", tmp_path / "in", tmp_path / "out"
+    states = {weight_name(k, kind): module.state_dict() for k in model_set.levels
+              for kind, module in (("SE", model_set.encoders[k]), ("SD", model_set.decoders[k]))}
+    card = {"widths": list(CD16X.widths), "level1_width": CD16X.level1_width, "embed_widths": list(CD16X.embed_widths)}
+    for run_id in ("run-1", "run-2"):
+        write_bundle(str(publish), run_id, states, card)
+    write_latest(str(publish), "run-1")
+    checked = batch.check_batch
+
+    def check_then_promote(args):
+        found = checked(args)
+        write_latest(str(publish), "run-2")
+        return found
+
+    monkeypatch.setattr(batch, "check_batch", check_then_promote)
+    source.mkdir()
+    Image.open(content_dir / "rocket_420.jpg").convert("RGB").resize((64, 64)).save(source / "face.png")
+    assert main(_args(str(source), str(out), [str(style_dir / "strokes_512.jpg")], publish / "latest")) == 0
+    assert re.findall(r"ready: model (\S+) on", caplog.text) == ["bundle:run-1", "bundle:run-1"]
+    assert [r["model_id"] for r in read_manifest(str(out)).to_pylist()] == ["bundle:run-1"]
 
 
 def test_admission_keeps_the_megapixels_in_flight_within_the_budget(ray_cluster, content_dir, style_dir, weights_dir,

@@ -28,7 +28,7 @@ from pipeline.engine import MODES, choose_mode, load_style, stylize_file
 from pipeline.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, image_size, output_format
 from pipeline.models import load_model_set
 from pipeline.precision import DEFAULT_PRECISION, PRECISIONS
-from pipeline.preflight import UsageError, check_format, check_output
+from pipeline.preflight import UsageError, check_format, check_output_location
 from pipeline.progress import ProgressLine, TileProgress
 from pipeline.tiled import tile_rounds
 from pipeline.tiles import TILE_ALIGN, plan_tiles
@@ -172,7 +172,7 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
         output_format(args.output)
     except ImageError as e:
         raise UsageError(f"--output {e}") from e
-    check_output(args.output, args.storage_options, folder=False)
+    check_output_location(args.output, args.storage_options, folder=False)
     try:
         size: tuple[int, int] | None = image_size(content, args.storage_options)
     except ImageError:

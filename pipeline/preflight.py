@@ -37,7 +37,7 @@ __all__ = [
     "UsageError",
     "check_batch",
     "check_format",
-    "check_output",
+    "check_output_location",
     "check_placement",
     "check_styles",
     "check_weights",
@@ -68,7 +68,7 @@ def check_format(fmt: str | None) -> None:
         raise UsageError(f"--format {fmt!r}: {str(e).split(': ', 1)[-1]}") from e
 
 
-def check_output(uri: str, storage_options: dict[str, Any] | None = None, *, folder: bool = True) -> None:
+def check_output_location(uri: str, storage_options: dict[str, Any] | None = None, *, folder: bool = True) -> None:
     """Write and delete a small hidden probe object where outputs will go.
 
     Args:
@@ -221,10 +221,10 @@ def check_batch(args: argparse.Namespace) -> BatchChecks:
             ``max_pixels``, ``storage_options``).
 
     Raises:
-        OSError, WeightsError, ImageError: one line, see :func:`check_output`,
+        OSError, WeightsError, ImageError: one line, see :func:`check_output_location`,
             :func:`check_weights` and :func:`check_styles`.
     """
-    check_output(args.output, args.storage_options)
+    check_output_location(args.output, args.storage_options)
     weights, digests = check_weights(args.weights, args.storage_options)
     styles = check_styles(args.style, args.storage_options, max_pixels=args.max_pixels)
     return BatchChecks(weights, digests, styles)

@@ -12,7 +12,7 @@ from pipeline.imageio import ImageError
 from pipeline.preflight import (
     UsageError,
     check_format,
-    check_output,
+    check_output_location,
     check_placement,
     check_styles,
     check_weights,
@@ -29,25 +29,25 @@ def test_unknown_format_is_a_usage_error_naming_the_flag():
 
 def test_a_writable_output_keeps_nothing_of_the_probe(tmp_path, s3_options, s3_fs):
     (tmp_path / "out").mkdir()
-    check_output(str(tmp_path / "out"))
-    check_output(str(tmp_path / "new" / "deeper"))  # folders it had to make are removed again
-    check_output(str(tmp_path / "sub" / "o.png"), folder=False)
+    check_output_location(str(tmp_path / "out"))
+    check_output_location(str(tmp_path / "new" / "deeper"))  # folders it had to make are removed again
+    check_output_location(str(tmp_path / "sub" / "o.png"), folder=False)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]
     s3_fs.mkdir("preflight-out")
-    check_output("s3://preflight-out/run", s3_options)
+    check_output_location("s3://preflight-out/run", s3_options)
     s3_fs.invalidate_cache()
     assert s3_fs.find("preflight-out") == []
 
 
 def test_a_missing_bucket_is_not_writable(s3_options):
     with pytest.raises(OSError, match=r"^output s3://no-such-bucket/out is not writable: "):
-        check_output("s3://no-such-bucket/out", s3_options)
+        check_output_location("s3://no-such-bucket/out", s3_options)
 
 
 def test_an_output_under_a_file_is_not_writable(tmp_path):
     (tmp_path / "taken").write_text("a file, not a folder")
     with pytest.raises(OSError, match=r"output .*taken/out is not writable: "):
-        check_output(str(tmp_path / "taken" / "out"))
+        check_output_location(str(tmp_path / "taken" / "out"))
 
 
 def test_weights_are_resolved_and_verified_on_the_driver(weights_dir, tmp_path):

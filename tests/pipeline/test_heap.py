@@ -56,3 +56,22 @@ def test_process_trimmer_returns_fragmented_heap() -> None:
     freed = before - resident_bytes()
     libc.free(blocks[-1])
     assert freed > 3000 * size, f"trim gave back {freed / 2**20:.0f} MiB of ~250 MiB of holes"
+
+
+def test_the_tile_loops_offer_a_trim_before_every_tile(model_set, content_dir, monkeypatch) -> None:
+    """Both rounds of every level call the process trimmer once per tile, in-process (and so in
+    each Ray actor, which runs the same round functions)."""
+    import numpy as np
+
+    from pipeline import tiled
+    from pipeline.cascade import style_statistics
+    from pipeline.engine import to_tensor
+    from pipeline.imageio import read_image
+    from pipeline.tiles import plan_tiles
+
+    calls = []
+    monkeypatch.setattr(tiled, "release_free_heap", lambda: calls.append(1))
+    rgb = read_image(str(content_dir / "rocket_420.jpg")).rgb[:160, :192]
+    style = style_statistics(to_tensor(np.ascontiguousarray(rgb[::-1])), model_set)
+    tiled.stylize_exact(tiled.canvas_from_array(rgb, workdir=None), style, model_set, tile=64)
+    assert len(calls) == len(plan_tiles(160, 192, tile=64)) * len(model_set.levels) * 2

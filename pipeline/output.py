@@ -23,6 +23,7 @@ import numpy as np
 import pyvips
 
 from pipeline.canvas import Canvas, MemoryCanvas
+from pipeline.heap import release_free_heap
 from pipeline.imageio import check_output, local_output, save_vips
 from pipeline.tiles import Rect
 
@@ -62,6 +63,7 @@ def canvas_png_stream(
     yield b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))
     deflate = zlib.compressobj(0)
     for y in range(0, height, band):
+        release_free_heap()
         rect = Rect(y, 0, min(y + band, height), width)
         pixels = canvas.read(rect)
         if alpha is not None:

@@ -20,10 +20,11 @@ def test_trims_once_resident_memory_grows_past_the_slack() -> None:
         return 1
 
     trimmer = HeapTrimmer(slack=500, trim=trim, resident=lambda: resident[0])
+    assert trimmer() is True  # the first call starts from live data
     for value, want in [(1000, False), (1400, False), (1500, False), (1501, True), (1500, False), (1601, True)]:
         resident[0] = value
         assert trimmer() is want, value
-    assert trimmed == [0, 0] and trimmer.trims == 2
+    assert trimmed == [0, 0, 0] and trimmer.trims == 3
     resident[0] = 900  # the low mark follows resident memory down
     assert trimmer() is False
     resident[0] = 1401
@@ -51,7 +52,6 @@ def test_process_trimmer_returns_fragmented_heap() -> None:
         libc.free(block)
     before = resident_bytes()
     trimmer = HeapTrimmer(slack=0, trim=release_free_heap._trim)
-    trimmer._low = 0
     assert trimmer()
     freed = before - resident_bytes()
     libc.free(blocks[-1])
@@ -75,3 +75,18 @@ def test_the_tile_loops_offer_a_trim_before_every_tile(model_set, content_dir, m
     style = style_statistics(to_tensor(np.ascontiguousarray(rgb[::-1])), model_set)
     tiled.stylize_exact(tiled.canvas_from_array(rgb, workdir=None), style, model_set, tile=64)
     assert len(calls) == len(plan_tiles(160, 192, tile=64)) * len(model_set.levels) * 2
+
+
+def test_decoding_and_encoding_offer_a_trim_per_strip(content_dir, tmp_path, monkeypatch) -> None:
+    from pipeline import imageio, output
+    from pipeline.imageio import STRIP_ROWS, read_canvas
+
+    calls = {"read": 0, "write": 0}
+    monkeypatch.setattr(imageio, "release_free_heap", lambda: calls.__setitem__("read", calls["read"] + 1))
+    monkeypatch.setattr(output, "release_free_heap", lambda: calls.__setitem__("write", calls["write"] + 1))
+    image = read_canvas(str(content_dir / "rocket_420.jpg"), workdir=str(tmp_path))
+    try:
+        output.write_canvas(str(tmp_path / "out.png"), image.canvas, image.height, image.width)
+    finally:
+        image.close()
+    assert calls == {"read": -(-image.height // STRIP_ROWS), "write": -(-image.height // output.BAND_ROWS)}

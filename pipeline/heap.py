@@ -3,7 +3,7 @@
 glibc's malloc keeps what one tile's tensors freed in its heap, and the next tile's tensors,
 of other sizes (edge tiles, the next round, the next level), leave holes in it: resident
 memory grows over a run with no live data behind it. Measured on a 3840x2160 JPEG through
-``ultrastyle stylize --tile 512``: peak RSS from 1.1 to 2.3 GiB from one run to the next.
+``ultrastyle stylize --tile 512``: peak RSS from 1.1 to 2.2 GiB from one run to the next.
 ``malloc_trim(0)`` hands the free pages back, holes included, but the next tile faults them
 in again, which costs 10-40 % of the run when done after every tile. :func:`release_free_heap`
 therefore trims only once resident memory has grown :data:`TRIM_SLACK` above its low mark: a
@@ -25,7 +25,7 @@ from collections.abc import Callable
 __all__ = ["TRIM_SLACK", "HeapTrimmer", "release_free_heap", "resident_bytes"]
 
 # Growth of resident memory above its low mark that triggers a trim (measured on the 4K run
-# above: 128 MB cost 12 % of the time, 256 MB nothing measurable, peak 1.03-1.06 GiB).
+# above: 128 MB cost 12 % of the time, 256 MB nothing measurable, peak 0.98-1.01 GiB).
 TRIM_SLACK = 256 << 20
 
 _STATM = "/proc/self/statm"

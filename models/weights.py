@@ -95,13 +95,14 @@ class WeightSet:
         files: ``"{k}SE"``/``"{k}SD"`` -> :class:`WeightSpec`.
         location: the ``--weights`` location it was resolved from, a ``latest`` pointer
             replaced by the bundle it named (``None`` for the embedded files), so that other
-            processes can load the same set.
+            processes can load the same set. Not part of equality: the files say which weights
+            these are.
     """
 
     model_id: str
     family: FamilySpec
     files: dict[str, WeightSpec]
-    location: str | None = None
+    location: str | None = field(default=None, compare=False)
 
     @property
     def levels(self) -> tuple[int, ...]:

@@ -85,6 +85,7 @@ def test_resolve_defaults_and_environment(weights_dir: Path, tmp_path: Path, mon
     monkeypatch.setenv(WEIGHTS_ENV, str(weights_dir))
     from_env = resolve_weights()
     assert from_env == official_weight_set(str(weights_dir), layout="safetensors")
+    assert from_env.location == str(weights_dir) and CD16xWeights.DEFAULT.value.location is None
     assert from_env.files["3SD"].uri == f"{weights_dir}/3SD.safetensors"
     assert from_env.files["3SD"].sha256 == CD16xWeights.DEFAULT.value.files["3SD"].sha256
     # A folder of .pth files is a copy of the upstream files, held to the upstream digests.
@@ -94,6 +95,7 @@ def test_resolve_defaults_and_environment(weights_dir: Path, tmp_path: Path, mon
         torch.save({"model": load_state_dict(weights_dir / f"{name}.safetensors")}, copy / f"{name}.pth")
     pth = resolve_weights(str(copy))
     assert pth == official_weight_set(str(copy), layout="flat")
+    assert pth.location == str(copy)
     assert pth.files["3SD"].uri == f"{copy}/3SD.pth" and pth.files["3SD"].sha256 == OFFICIAL_FILES["3SD"][1]
     with pytest.raises(WeightsError, match="sha256 mismatch") as err:
         small_decoder(3, weights=pth)
@@ -156,6 +158,7 @@ def test_bundle_and_latest(tmp_path: Path, weights_dir: Path) -> None:
 
     latest = resolve_weights(str(publish / "latest"))
     assert latest.model_id == "bundle:run-2"
+    assert latest.location == f"{publish}/run-2"  # the pointer followed: what other processes load
     assert latest.levels == (2,)  # 3SD is not in that bundle
     with pytest.raises(WeightsError, match="no 3SD"):
         small_decoder(3, weights=latest)

@@ -8,7 +8,10 @@ combined to the sizes the tests need, and styles painted by :func:`jobs.samples.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -153,3 +156,35 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep the weights cache of every test out of the user's home."""
     monkeypatch.setenv("ULTRASTYLE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+class _OnTileProgress(logging.Handler):
+    """Runs ``action`` once, when the batch progress line says ``after`` or more tile rounds are
+    done and more than 20 are left; ``done`` holds what it returned."""
+
+    def __init__(self, action: Callable[[], Any], after: int) -> None:
+        super().__init__()
+        self.action, self.after = action, after
+        self.done: Any = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.search(r"tiles (\d+)/(\d+)", record.getMessage())
+        if self.done is None and found and self.after <= int(found[1]) < int(found[2]) - 20:
+            self.done = self.action()
+
+
+@pytest.fixture
+def on_tile_progress() -> Iterator[Callable[..., _OnTileProgress]]:
+    """``on_tile_progress(action, after=N)``: run ``action`` mid-job (kill an actor, remove a
+    node) from the batch job's progress log; the handler is removed after the test."""
+    logger = logging.getLogger("ultrastyle.batch")
+    handlers = []
+
+    def install(action: Callable[[], Any], *, after: int) -> _OnTileProgress:
+        handlers.append(_OnTileProgress(action, after))
+        logger.addHandler(handlers[-1])
+        return handlers[-1]
+
+    yield install
+    for handler in handlers:
+        logger.removeHandler(handler)

@@ -177,37 +177,22 @@ def test_unreachable_endpoint_is_one_clear_error(weights_dir, tmp_path, capsys):
     assert err[-1].startswith("ultrastyle stylize: error: cannot list input s3://photos/in: EndpointConnectionError")
 
 
-class _KillOnProgress(logging.Handler):
-    """Kills a model actor (Ray restarts it) once some tile rounds are done and more are in flight."""
-
-    def __init__(self, after: int) -> None:
-        super().__init__()
-        self.after = after
-        self.killed: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        found = re.search(r"tiles (\d+)/(\d+)", record.getMessage())
-        if self.killed or not found or not self.after <= int(found[1]) < int(found[2]) - 20:
-            return
-        name = next(n for n in ray.util.list_named_actors() if n.endswith("-model-0"))
-        ray.kill(ray.get_actor(name), no_restart=False)
-        self.killed = name
+def _kill_model_0() -> str:
+    """Kill the first model actor (Ray restarts it); returns its name."""
+    name = next(n for n in ray.util.list_named_actors() if n.endswith("-model-0"))
+    ray.kill(ray.get_actor(name), no_restart=False)
+    return name
 
 
 def test_killed_actor_is_restarted_and_its_tiles_retried(ray_cluster, content_dir, style_dir, weights_dir,
-                                                         model_set, tmp_path):
+                                                         model_set, tmp_path, on_tile_progress):
     source, out = tmp_path / "in", tmp_path / "out"
     source.mkdir()
     Image.open(content_dir / "astronaut_512.jpg").convert("RGB").resize((400, 300)).save(source / "gate.png")
     style = str(style_dir / "strokes_512.jpg")
-    killer = _KillOnProgress(after=10)
-    logger = logging.getLogger("ultrastyle.batch")
-    logger.addHandler(killer)
-    try:
-        assert main(_args(str(source), str(out), [style], weights_dir, "--progress-seconds", "0.2")) == 0
-    finally:
-        logger.removeHandler(killer)
-    assert killer.killed, "the job finished before an actor could be killed"
+    killer = on_tile_progress(_kill_model_0, after=10)
+    assert main(_args(str(source), str(out), [style], weights_dir, "--progress-seconds", "0.2")) == 0
+    assert killer.done, "the job finished before an actor could be killed"
 
     row = read_manifest(str(out)).to_pylist()[0]
     assert row["status"] == "ok" and row["tiles"] == 12

@@ -12,9 +12,7 @@ Images are small (3 x 2 tiles of 128 px) so each test takes well under a minute 
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -70,40 +68,28 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-class _RemoveNodeOnProgress(logging.Handler):
-    """Removes the worker node of a model actor once some tiles are done and many are left."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        super().__init__()
-        self.cluster = cluster
-        self.removed: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        found = re.search(r"tiles (\d+)/(\d+)", record.getMessage())
-        if self.removed or not found or not 20 <= int(found[1]) < int(found[2]) - 20:
-            return
-        actors = [ray.get_actor(n) for n in ray.util.list_named_actors() if "-model-" in n]
-        nodes = {ray.get(a.describe.remote()).node_id for a in actors}
-        node = next(n for n in self.cluster.worker_nodes if n.node_id in nodes)
-        self.cluster.remove_node(node, allow_graceful=False)
-        self.removed = node.node_id
+def _remove_a_model_node(cluster: Cluster) -> str:
+    """Remove, without warning, a worker node that runs a model actor; returns its node id."""
+    actors = [ray.get_actor(n) for n in ray.util.list_named_actors() if "-model-" in n]
+    nodes = {ray.get(a.describe.remote()).node_id for a in actors}
+    node = next(n for n in cluster.worker_nodes if n.node_id in nodes)
+    cluster.remove_node(node, allow_graceful=False)
+    return node.node_id
 
 
-def test_a_node_removed_mid_job_loses_nothing(cluster, photos, style_dir, weights_dir, model_set, tmp_path):
+def test_a_node_removed_mid_job_loses_nothing(cluster, photos, style_dir, weights_dir, model_set, tmp_path,
+                                              on_tile_progress):
     out = tmp_path / "out"
     style = str(style_dir / "strokes_512.jpg")
-    remover = _RemoveNodeOnProgress(cluster)
-    logger = logging.getLogger("ultrastyle.batch")
-    logger.addHandler(remover)
+    remover = on_tile_progress(lambda: _remove_a_model_node(cluster), after=20)
     ray.init(address=cluster.address)
     try:
         argv = _argv(photos, out, style, weights_dir, "--max-in-flight", "2", "--progress-seconds", "0.2")
         assert main(argv) == 0
     finally:
-        logger.removeHandler(remover)
         ray.shutdown()
         cluster.add_node(num_cpus=1, object_store_memory=STORE)  # back to three nodes for the next test
-    assert remover.removed, "the job finished before a node could be removed"
+    assert remover.done, "the job finished before a node could be removed"
 
     rows = read_manifest(str(out)).to_pylist()
     assert sorted(Path(r["content_uri"]).name for r in rows) == [f"p{i}.png" for i in range(4)]

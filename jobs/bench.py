@@ -29,12 +29,12 @@ import psutil
 import pyvips
 import torch
 
-from pipeline.canvas import Canvas
-from pipeline.engine import MODES, LoadedImage, stylize_image, to_tensor
-from pipeline.imageio import read_image
-from pipeline.models import load_model_set
-from pipeline.precision import DEFAULT_PRECISION, PRECISIONS
-from pipeline.tiled import read_rgb
+from pipeline.engine.models import load_model_set
+from pipeline.engine.precision import DEFAULT_PRECISION, PRECISIONS
+from pipeline.engine.runner import MODES, LoadedImage, stylize_image, to_tensor
+from pipeline.engine.tiled import read_rgb
+from pipeline.imaging.canvas import Canvas
+from pipeline.imaging.imageio import read_image
 
 __all__ = ["LevelClock", "PeakMemory", "build_parser", "main", "photo_file", "psnr8", "synthetic_image"]
 
@@ -185,7 +185,7 @@ def _result(image: LoadedImage, canvas: Canvas) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     from jobs.samples import paint_style
-    from pipeline.cascade import style_statistics
+    from pipeline.engine.cascade import style_statistics
 
     args = build_parser().parse_args(argv)
     try:

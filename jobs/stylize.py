@@ -23,15 +23,15 @@ from pathlib import PurePosixPath
 
 from fsspec.core import url_to_fs
 
-from pipeline.controls import check_mask_size, check_weights, parse_weights, style_levels
-from pipeline.engine import MODES, choose_mode, load_style, stylize_file
-from pipeline.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, image_size, output_format
-from pipeline.models import load_model_set
-from pipeline.precision import DEFAULT_PRECISION, PRECISIONS
-from pipeline.preflight import UsageError, check_format, check_output_location
+from pipeline.batch.preflight import UsageError, check_format, check_output_location
+from pipeline.engine.controls import check_mask_size, check_weights, parse_weights, style_levels
+from pipeline.engine.models import load_model_set
+from pipeline.engine.precision import DEFAULT_PRECISION, PRECISIONS
+from pipeline.engine.runner import MODES, choose_mode, load_style, stylize_file
+from pipeline.engine.tiled import tile_rounds
+from pipeline.imaging.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, image_size, output_format
+from pipeline.imaging.tiles import TILE_ALIGN, plan_tiles
 from pipeline.progress import ProgressLine, TileProgress
-from pipeline.tiled import tile_rounds
-from pipeline.tiles import TILE_ALIGN, plan_tiles
 
 __all__ = ["build_parser", "check_args", "main"]
 
@@ -225,7 +225,7 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
 
 
 def _run_batch(args: argparse.Namespace, content: str) -> int:
-    from pipeline.batch import run_batch
+    from pipeline.batch.driver import run_batch
 
     return run_batch(args, content)
 

@@ -67,7 +67,7 @@ class TileProgress:
     """Tile rounds of one image: pass it as the engine's ``on_tile``.
 
     Args:
-        total: tile rounds the cascade runs (:func:`pipeline.tiled.tile_rounds`).
+        total: tile rounds the cascade runs (:func:`pipeline.engine.tiled.tile_rounds`).
         line: where the line is shown.
     """
 

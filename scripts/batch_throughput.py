@@ -3,7 +3,7 @@
     python -m scripts.batch_throughput [--image PATH] [--copies N] [--tile 512] [--workers 2] [--repeats 2]
 
 Both sides run the exact tiled cascade with the same tile: A, the in-process engine
-(``pipeline.engine.stylize_file``, mode ``exact``, images one after another) with ``--workers``
+(``pipeline.engine.runner.stylize_file``, mode ``exact``, images one after another) with ``--workers``
 torch threads; B, the batch job on a local Ray with ``--workers`` CPU actors of one thread
 each. They alternate (A B A B ...) so that load from other users of the machine falls on both
 alike; the script prints every run, the medians and the ratios. Without ``--image`` the content
@@ -33,9 +33,9 @@ from PIL import Image
 
 from jobs.samples import paint_style
 from jobs.stylize import main as stylize_main
-from pipeline.engine import load_style, stylize_file
-from pipeline.manifest import read_manifest
-from pipeline.models import load_model_set
+from pipeline.batch.manifest import read_manifest
+from pipeline.engine.models import load_model_set
+from pipeline.engine.runner import load_style, stylize_file
 
 
 def _content(path: Path, size: tuple[int, int]) -> None:

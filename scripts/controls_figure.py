@@ -21,11 +21,11 @@ import skimage
 from PIL import Image, ImageDraw
 
 from jobs.samples import write_samples
-from pipeline.controls import mask_canvas, style_levels
-from pipeline.engine import load_style
-from pipeline.imageio import read_image
-from pipeline.models import load_model_set
-from pipeline.tiled import canvas_from_array, read_rgb, stylize_exact
+from pipeline.engine.controls import mask_canvas, style_levels
+from pipeline.engine.models import load_model_set
+from pipeline.engine.runner import load_style
+from pipeline.engine.tiled import canvas_from_array, read_rgb, stylize_exact
+from pipeline.imaging.imageio import read_image
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 CELL_HEIGHT = 200

@@ -10,10 +10,10 @@ import argparse
 
 import numpy as np
 
-from pipeline.engine import load_style, stylize_image
-from pipeline.imageio import read_image
-from pipeline.models import load_model_set
-from pipeline.tiled import read_rgb
+from pipeline.engine.models import load_model_set
+from pipeline.engine.runner import load_style, stylize_image
+from pipeline.engine.tiled import read_rgb
+from pipeline.imaging.imageio import read_image
 
 
 def psnr8(a: np.ndarray, b: np.ndarray) -> float:

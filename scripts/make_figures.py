@@ -20,12 +20,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from jobs.samples import write_samples
-from pipeline.cascade import pad_to_multiple, stylize_tile, stylize_whole
-from pipeline.engine import load_style, to_tensor
-from pipeline.imageio import read_image
-from pipeline.models import load_model_set
-from pipeline.tiled import canvas_from_array, read_rgb, stylize_exact
-from pipeline.tiles import plan_tiles
+from pipeline.engine.cascade import pad_to_multiple, stylize_tile, stylize_whole
+from pipeline.engine.models import load_model_set
+from pipeline.engine.runner import load_style, to_tensor
+from pipeline.engine.tiled import canvas_from_array, read_rgb, stylize_exact
+from pipeline.imaging.imageio import read_image
+from pipeline.imaging.tiles import plan_tiles
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

@@ -92,7 +92,7 @@ def style_dir(test_images: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def model_set(weights_dir):
-    from pipeline.models import load_model_set
+    from pipeline.engine.models import load_model_set
 
     return load_model_set(str(weights_dir))
 

@@ -1,7 +1,7 @@
 """Layering: models/ and the pipeline's math and I/O never import Ray.
 
-Ray is allowed only in jobs/ and in the pipeline's Ray orchestration modules, named
-``pipeline/batch.py``, ``pipeline/ray_*.py`` or ``pipeline/orchestration*.py``. Every other module is checked twice:
+Ray is allowed only in jobs/ and in the pipeline's Ray orchestration modules
+(``pipeline/batch/driver.py``, ``actors.py`` and ``executor.py``). Every other module is checked twice:
 imported in a fresh interpreter (``ray`` must not be in ``sys.modules`` afterwards, which also
 catches indirect imports), and scanned statically (which also catches imports inside functions).
 """
@@ -17,7 +17,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY_ALLOWED = ("pipeline/batch.py", "pipeline/ray_*.py", "pipeline/orchestration*.py")
+RAY_ALLOWED = ("pipeline/batch/driver.py", "pipeline/batch/actors.py", "pipeline/batch/executor.py")
 
 
 def _ray_free_modules() -> list[Path]:
@@ -63,7 +63,7 @@ def test_scanner_sees_every_form_of_import() -> None:
 
 def test_no_static_ray_import() -> None:
     files = _ray_free_modules()
-    assert {"models/weights.py", "pipeline/wct.py", "pipeline/cascade.py"} <= {
+    assert {"models/weights.py", "pipeline/engine/wct.py", "pipeline/engine/cascade.py"} <= {
         f.relative_to(ROOT).as_posix() for f in files
     }
     offenders = {
@@ -93,3 +93,20 @@ def test_importing_does_not_load_ray() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     first = json.loads(done.stdout.strip().splitlines()[-1])
     assert first is None, f"importing {first} loaded ray (checked in order: {names})"
+
+
+# Each pipeline layer imports only the layers below it: imaging < engine < batch.
+_LAYERS = {"imaging": set(), "engine": {"imaging"}, "batch": {"imaging", "engine"}}
+
+
+def test_pipeline_layers_import_downwards() -> None:
+    offenders = {}
+    for layer, allowed in _LAYERS.items():
+        for f in sorted((ROOT / "pipeline" / layer).rglob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+                for name in _imported_name(node):
+                    parts = (name or "").split(".")
+                    above = len(parts) > 1 and parts[1] in _LAYERS and parts[1] not in allowed | {layer}
+                    if parts[0] == "pipeline" and above:
+                        offenders.setdefault(f.relative_to(ROOT).as_posix(), []).append(name)
+    assert not offenders, f"a pipeline layer imports one above it (imaging < engine < batch): {offenders}"

@@ -22,7 +22,7 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pyarrow.fs import FileSystem, FSSpecHandler, PyFileSystem
 
-from pipeline.imageio import ImageError, read_image
+from pipeline.imaging.imageio import ImageError, read_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -34,8 +34,8 @@ from jobs.distill.train import (
 )
 from models import FamilySpec
 from models.pruning import student_family
-from pipeline.fingerprint import code_version
-from pipeline.imageio import write_bytes
+from pipeline.batch.fingerprint import code_version
+from pipeline.imaging.imageio import write_bytes
 
 __all__ = ["Setup", "prepare", "run"]
 

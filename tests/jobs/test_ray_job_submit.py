@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.manifest import read_manifest
+from pipeline.batch.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 

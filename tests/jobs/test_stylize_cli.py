@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from jobs.stylize import main
-from pipeline.manifest import read_manifest
+from pipeline.batch.manifest import read_manifest
 
 ray = pytest.importorskip("ray")
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from jobs.stylize import main
-from pipeline.imageio import IMAGE_EXTENSIONS
-from pipeline.manifest import read_manifest
+from pipeline.batch.manifest import read_manifest
+from pipeline.imaging.imageio import IMAGE_EXTENSIONS
 
 
 def _images(folder: Path) -> list[Path]:

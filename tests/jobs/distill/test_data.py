@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from jobs.distill.data import decode_for_crops, list_images, random_crops, split_holdout
-from pipeline.imageio import ImageError
+from pipeline.imaging.imageio import ImageError
 
 
 def _jpeg(width: int, height: int) -> bytes:

@@ -25,8 +25,8 @@ from jobs.distill import build_parser, main  # noqa: E402
 from jobs.distill.data import load_eval_images  # noqa: E402
 from jobs.distill.train import Stage, plan_stages  # noqa: E402
 from models import resolve_weights  # noqa: E402
-from pipeline.cascade import style_statistics, stylize_whole  # noqa: E402
-from pipeline.models import load_model_set  # noqa: E402
+from pipeline.engine.cascade import style_statistics, stylize_whole  # noqa: E402
+from pipeline.engine.models import load_model_set  # noqa: E402
 
 # Small enough for CI on two cores: 64 px crops, 4 per worker per step. No --cpus-per-worker:
 # the job sizes it (0.5 on the 2-CPU test cluster, leaving one CPU to Ray Data).

@@ -1,0 +1,299 @@
+"""Checks run on the driver before any actor starts or any pixel is stylized.
+
+A job that can only fail should fail at once, in one line, rather than after the cluster has
+started actors, read images and spent minutes: each check here turns one way a run can be
+doomed (a format we cannot write, an output location we cannot write to, weights that are not
+there, a style that cannot be read, actors the cluster cannot place) into one exception whose
+message names the flag or URI and says what to change. The CLI prints it as
+``ultrastyle stylize: error: ...`` and exits 2 for a :class:`UsageError`, 1 for the rest.
+Nothing here knows about Ray: the cluster's nodes come in as plain resource dicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import posixpath
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from models import WeightSet, resolve_weights
+from pipeline.batch.fingerprint import code_version, pair_settings, style_digest, weights_digests
+from pipeline.batch.manifest import Pair, join_uri, one_line_error, with_settings
+from pipeline.engine.controls import control_settings, join_styles, mask_for, split_styles
+from pipeline.engine.models import check_cascade_levels
+from pipeline.imaging.imageio import ImageError, check_pixels, image_size, output_format, write_bytes
+
+__all__ = [
+    "BatchChecks",
+    "StyleCheck",
+    "UsageError",
+    "check_batch",
+    "check_format",
+    "check_output_location",
+    "check_placement",
+    "check_styles",
+    "check_weights",
+    "default_workers",
+]
+
+log = logging.getLogger("ultrastyle.preflight")
+
+# The probe's name starts with a dot, so listings of inputs and outputs never see it.
+_PROBE = ".ultrastyle-probe-"
+
+
+class UsageError(ValueError):
+    """A flag's value is wrong in itself (the CLI exits 2, as argparse does)."""
+
+
+def check_format(fmt: str | None) -> None:
+    """Refuse a ``--format`` we cannot write.
+
+    Raises:
+        UsageError: naming the flag and the formats we write.
+    """
+    if fmt is None:
+        return
+    try:
+        output_format("x." + fmt.lower().lstrip("."))
+    except ImageError as e:
+        raise UsageError(f"--format {fmt!r}: {str(e).split(': ', 1)[-1]}") from e
+
+
+def check_output_location(uri: str, storage_options: dict[str, Any] | None = None, *, folder: bool = True) -> None:
+    """Write and delete a small hidden probe object where outputs will go.
+
+    Args:
+        uri: the output prefix (``folder=True``) or the output file (its folder is probed).
+        storage_options: passed to fsspec.
+        folder: whether ``uri`` is a prefix.
+
+    Raises:
+        OSError: the location is unreachable or not writable (missing bucket, read-only
+            folder, denied); one line naming ``uri``.
+    """
+    base = uri if folder else (posixpath.dirname(uri.rstrip("/")) or ".")
+    probe = join_uri(base, _PROBE + secrets.token_hex(4))
+    fs, path = url_to_fs(probe, **(storage_options or {}))
+    created = []  # local folders the probe makes, deepest first: removed again, so a doomed run leaves none
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path)
+        while folder and not os.path.exists(folder):
+            created.append(folder)
+            folder = os.path.dirname(folder)
+    try:
+        write_bytes(probe, b"", storage_options)
+        fs.rm_file(path)
+    except Exception as e:
+        raise OSError(f"output {uri} is not writable: {one_line_error(e)}") from e
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def check_weights(uri: str | None, storage_options: dict[str, Any] | None = None) -> tuple[WeightSet, dict[str, str]]:
+    """Resolve ``--weights`` and fetch and verify every file, once, on the driver.
+
+    Returns:
+        The weight set and its per-file sha256 (``{"1SE": ..., ...}``).
+
+    Raises:
+        WeightsError: the location is missing or unreachable, a file is missing or differs
+            from its digest, or levels 1-5 are not all there (one line naming the URI).
+    """
+    weights = resolve_weights(uri, storage_options)
+    check_cascade_levels(weights, uri or weights.model_id)
+    return weights, weights_digests(weights, storage_options)
+
+
+@dataclass(frozen=True)
+class StyleCheck:
+    """A style image as the driver found it.
+
+    Attributes:
+        uri: the ``--style`` URI.
+        digest: its content digest (:func:`~pipeline.batch.fingerprint.style_digest`), empty on error.
+        error: why it cannot be used (one line), empty when it can.
+    """
+
+    uri: str
+    digest: str = ""
+    error: str = ""
+
+
+def check_styles(
+    uris: Sequence[str], storage_options: dict[str, Any] | None = None, *, max_pixels: int
+) -> dict[str, StyleCheck]:
+    """Check each style exists, has a readable image header and is within ``max_pixels``.
+
+    Returns:
+        URI -> :class:`StyleCheck`, in the order given (duplicates once).
+
+    Raises:
+        ImageError: no style can be used; the message is the first style's error. (When
+            some can, the others' pairs fail with a row each and the job runs the rest.)
+    """
+    found = {}
+    for uri in dict.fromkeys(uris):
+        try:
+            width, height = image_size(uri, storage_options)
+            check_pixels(uri, width, height, max_pixels)
+            found[uri] = StyleCheck(uri, digest=style_digest(uri, storage_options))
+        except Exception as e:
+            found[uri] = StyleCheck(uri, error=one_line_error(e))
+    if all(check.error for check in found.values()):
+        raise ImageError(f"style image failed: {next(iter(found.values())).error}")
+    for check in found.values():
+        if check.error:
+            log.warning("style %s cannot be used, its pairs fail: %s", check.uri, check.error)
+    return found
+
+
+@dataclass(frozen=True)
+class BatchChecks:
+    """What the driver found before starting anything: the weights and the styles.
+
+    Attributes:
+        weight_set: the resolved weights; the actors load its ``location``, so a
+            ``<publish>/latest`` moved after the check does not reach them.
+        weights: each weights file's digest, for the fingerprint.
+        styles: each style's check.
+    """
+
+    weight_set: WeightSet
+    weights: dict[str, str]
+    styles: dict[str, StyleCheck]
+
+    @property
+    def model_id(self) -> str:
+        return self.weight_set.model_id
+
+    def stamp(self, pairs: Sequence[Pair], args: argparse.Namespace) -> list[Pair]:
+        """Give each pair its settings (:func:`~pipeline.batch.fingerprint.pair_settings`), and an
+        ``error`` when its style cannot be read."""
+        code = code_version()
+        stamped = []
+        for pair in pairs:
+            styles = [self.styles[uri] for uri in split_styles(pair.style_uri)]
+            failed = next((style.error for style in styles if style.error), "")
+            if failed and not pair.error:
+                pair = replace(pair, error=f"style image failed: {failed}")
+            controls, mask_error = _pair_controls(pair, args)
+            if mask_error and not pair.error:
+                pair = replace(pair, error=mask_error)
+            settings = pair_settings(model_id=self.model_id, weights=self.weights, alpha=args.alpha,
+                                     style_size=args.style_size, mode=args.mode, quality=args.quality,
+                                     style=join_styles([style.digest for style in styles]),
+                                     output_uri=pair.output_uri, code=code, precision=args.precision,
+                                     controls=controls)
+            stamped.append(with_settings(pair, settings))
+        return stamped
+
+
+def _pair_controls(pair: Pair, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """A pair's control settings, and why its mask cannot be used (empty when it can)."""
+    digest, error = None, ""
+    if getattr(args, "mask", None):
+        uri = mask_for(pair.content_uri, input_uri=args.input_uri, mask_uri=args.mask)
+        try:
+            digest = style_digest(uri, args.storage_options)
+        except Exception as e:
+            digest, error = "missing", f"--mask: no mask {uri} for {pair.content_uri} ({one_line_error(e)})"
+    controls = control_settings(style_weights=getattr(args, "style_weights", None), mask=digest,
+                                preserve_color=getattr(args, "preserve_color", False))
+    return controls, error
+
+
+def check_batch(args: argparse.Namespace) -> BatchChecks:
+    """The batch job's checks, cheapest first: output writable, weights verified, styles readable.
+
+    Args:
+        args: parsed ``jobs.stylize`` flags (``output``, ``weights``, ``style``,
+            ``max_pixels``, ``storage_options``).
+
+    Raises:
+        OSError, WeightsError, ImageError: one line, see :func:`check_output_location`,
+            :func:`check_weights` and :func:`check_styles`.
+    """
+    check_output_location(args.output, args.storage_options)
+    weights, digests = check_weights(args.weights, args.storage_options)
+    styles = check_styles(args.style, args.storage_options, max_pixels=args.max_pixels)
+    return BatchChecks(weights, digests, styles)
+
+
+def default_workers(nodes: Sequence[Mapping[str, float]], *, cpus: float, gpus: float, io_cpus: float) -> int:
+    """How many model actors the cluster can place while one I/O task still fits (at least 1).
+
+    Args:
+        nodes: each alive node's resources (``{"CPU": 16.0, "GPU": 1.0, ...}``).
+        cpus, gpus: one actor's reservation.
+        io_cpus: one I/O task's reservation (0: I/O tasks need no CPU).
+    """
+    if cpus <= 0 and gpus <= 0:
+        raise UsageError(f"a model actor must reserve some CPU or GPU, got {cpus:g} CPU and {gpus:g} GPU")
+    free = [dict(node) for node in nodes]
+    placed = 0
+    while _place(free, cpus, gpus):
+        placed += 1
+    if io_cpus > 0 and placed and not _fits_somewhere(free, io_cpus, 0.0):
+        placed -= 1
+    return max(1, placed)
+
+
+def check_placement(
+    nodes: Sequence[Mapping[str, float]], *, workers: int, cpus: float, gpus: float, io_cpus: float
+) -> None:
+    """Refuse model actors and I/O tasks the cluster cannot all place (the job would wait forever).
+
+    Every actor must fit on some node, one after another, and one I/O task must still fit
+    beside them (``io_cpus`` > 0); the check counts each node's total resources, so it
+    assumes the job has the cluster to itself.
+
+    Raises:
+        UsageError: saying what does not fit and which flags to change.
+    """
+    free = [dict(node) for node in nodes]
+    total_cpu = sum(node.get("CPU", 0.0) for node in nodes)
+    total_gpu = sum(node.get("GPU", 0.0) for node in nodes)
+    have = f"the cluster has {total_cpu:g} CPUs and {total_gpu:g} GPUs on {len(nodes)} node(s)"
+    placed = 0
+    while placed < workers and _place(free, cpus, gpus):
+        placed += 1
+    if placed < workers:
+        fit = f"at most {placed} fit" if placed else "none fits on any node"
+        raise UsageError(
+            f"--workers {workers} model actors of {cpus:g} CPU and {gpus:g} GPU each cannot all be placed "
+            f"({fit}; {have}): lower --workers, --cpus-per-worker or --gpus-per-worker"
+        )
+    if io_cpus > 0 and not _fits_somewhere(free, io_cpus, 0.0):
+        raise UsageError(
+            f"no CPU is left for I/O tasks of --io-cpus {io_cpus:g} beside {workers} model actors of {cpus:g} CPU "
+            f"({have}): lower --io-cpus (0 is fine: reads and writes are I/O bound), --workers or --cpus-per-worker"
+        )
+
+
+def _fits(node: Mapping[str, float], cpus: float, gpus: float) -> bool:
+    return node.get("CPU", 0.0) >= cpus - 1e-9 and node.get("GPU", 0.0) >= gpus - 1e-9
+
+
+def _fits_somewhere(free: list[dict[str, float]], cpus: float, gpus: float) -> bool:
+    return any(_fits(node, cpus, gpus) for node in free)
+
+
+def _place(free: list[dict[str, float]], cpus: float, gpus: float) -> bool:
+    """Take ``cpus`` and ``gpus`` from the first node that has them; whether one did."""
+    for node in free:
+        if _fits(node, cpus, gpus):
+            node["CPU"] = node.get("CPU", 0.0) - cpus
+            node["GPU"] = node.get("GPU", 0.0) - gpus
+            return True
+    return False

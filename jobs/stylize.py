@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "object store at 32 bytes per pixel; a larger image runs alone)")
     p.add_argument("--retries", type=int, default=3,
                    help="actor restarts and retries of calls and tasks lost with a worker (batch; default 3)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="batch: list, plan and resume, say what would run and why, and exit without starting Ray "
+                   "or writing anything")
+    p.add_argument("--batch-images", type=int, default=4,
+                   help="images of at most one tile sent to a model actor per call (batch; default 4)")
+    p.add_argument("--header-threads", type=int, default=16,
+                   help="image headers read at once ahead of admission (batch; default 16)")
+    p.add_argument("--manifest-wait", type=float, default=300.0,
+                   help="seconds the batch job waits at its end for manifest storage that is failing before it "
+                   "saves the unwritten rows to a local file (default 300)")
     p.add_argument("--progress-seconds", type=float, default=10.0,
                    help="interval of the progress line when stderr is not a terminal (default 10)")
     return p
@@ -126,6 +136,11 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("max_in_flight", "max_pixels"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("batch_images", "header_threads"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.manifest_wait < 0:
+        raise UsageError(f"--manifest-wait cannot be negative, got {args.manifest_wait}")
     for name in ("workers", "tile_batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -245,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("no --input: stylizing the sample images in %s into %s", SAMPLES_DIR, args.output)
         check_args(args)
         if _is_single(content, args.storage_options):
+            if args.dry_run:
+                raise UsageError("--dry-run is for a batch: give an input folder or prefix")
             return _run_single(args, content)
         return _run_batch(args, content)
     except (ImageError, ValueError, OSError, RuntimeError) as e:  # WeightsError is a RuntimeError

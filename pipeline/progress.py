@@ -118,10 +118,10 @@ class BatchProgress:
         with self._lock:
             self.tiles_done += n
 
-    def pair(self, status: str, megapixels: float = 0.0) -> None:
-        """A pair ended with ``status``; ``megapixels`` counts toward the rate when it ran."""
+    def pair(self, status: str, megapixels: float = 0.0, *, count: int = 1) -> None:
+        """``count`` pairs ended with ``status``; ``megapixels`` counts toward the rate when they ran."""
         with self._lock:
-            self.counts[status] += 1
+            self.counts[status] += count
             self.megapixels += megapixels
 
     def text(self) -> str:

@@ -25,6 +25,8 @@ import numpy as np
 import ray
 import torch
 
+from pipeline.batch.manifest import one_line_error
+from pipeline.batch.transient import is_transient
 from pipeline.engine.models import load_model_set
 from pipeline.engine.precision import DEFAULT_PRECISION, Precision, tf32_flags
 from pipeline.engine.runner import Mode, RunReport, StyleLevels, StyleStats, load_style, read_content, stylize_file
@@ -91,12 +93,18 @@ class CallInfo:
         stats: round A's feature statistics of each tile's core, in the call's tile order.
         report: for an image run in one call, the engine's report (size, mode, tiles and
             seconds per stage, ``write`` included).
+        error: for one image of :meth:`ModelActor.stylize_files`, why it failed (one line;
+            empty when it did not).
+        transient: the failure was a storage fault worth another try
+            (:func:`~pipeline.batch.transient.is_transient`).
     """
 
     worker: str
     seconds: float
     stats: tuple[FeatureStats, ...] = ()
     report: RunReport | None = None
+    error: str = ""
+    transient: bool = False
 
 
 @ray.remote
@@ -278,6 +286,38 @@ class ModelActor:
             preserve_color=preserve_color,
         )
         return CallInfo(self.worker, time.perf_counter() - start, report=report)
+
+    def stylize_files(
+        self,
+        style: StyleStats | StyleLevels,
+        items: Sequence[tuple[str, str, str | None]],
+        *,
+        mode: Mode,
+        tile: int,
+        alpha: float,
+        max_pixels: int,
+        quality: int,
+        preserve_color: bool = False,
+    ) -> list[CallInfo]:
+        """Several small images in one call, one after another, as :meth:`stylize_file` runs each.
+
+        A batch of small images per call keeps this actor busy without a round trip to the
+        driver per image. An image that fails gets its one-line error in its
+        :class:`CallInfo` and the rest go on.
+
+        Args:
+            style: the statistics every image of the call is stylized with.
+            items: ``(content_uri, output_uri, mask_uri or None)`` per image.
+        """
+        results = []
+        for content_uri, output_uri, mask_uri in items:
+            try:
+                results.append(self.stylize_file(content_uri, style, output_uri, mode=mode, tile=tile, alpha=alpha,
+                                                 max_pixels=max_pixels, quality=quality, mask_uri=mask_uri,
+                                                 preserve_color=preserve_color))
+            except Exception as e:
+                results.append(CallInfo(self.worker, 0.0, error=one_line_error(e), transient=is_transient(e)))
+        return results
 
     def round_a(
         self, level: int, tiles: Sequence[Tile], size: tuple[int, int], rects: Sequence[Rect], *chunks: np.ndarray

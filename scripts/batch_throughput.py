@@ -1,15 +1,17 @@
 """Ray's overhead: the batch job against the in-process engine on the same images and CPUs.
 
-    python -m scripts.batch_throughput [--image PATH] [--copies N] [--tile 512] [--workers 2] [--repeats 2]
+    python -m scripts.batch_throughput [--image PATH | --size WxH] [--copies N] [--tile 512] [--workers 2]
+        [--mode exact] [--batch-images 4] [--repeats 2]
 
-Both sides run the exact tiled cascade with the same tile: A, the in-process engine
-(``pipeline.engine.runner.stylize_file``, mode ``exact``, images one after another) with ``--workers``
-torch threads; B, the batch job on a local Ray with ``--workers`` CPU actors of one thread
-each. They alternate (A B A B ...) so that load from other users of the machine falls on both
-alike; the script prints every run, the medians and the ratios. Without ``--image`` the content
-is a 3840x2160 picture made from scikit-image's public-domain astronaut sample and the style
-is the project's painted sample style, so it needs no download but the weights
-(``--weights`` or ``$ULTRASTYLE_WEIGHTS``).
+Both sides run the cascade in ``--mode`` with the same tile: A, the in-process engine
+(``pipeline.engine.runner.stylize_file``, images one after another, file to file) with
+``--workers`` torch threads; B, the batch job on a local Ray with ``--workers`` CPU actors of one
+thread each (images of one tile go ``--batch-images`` to a call). They alternate (A B A B ...) so
+that load from other users of the machine falls on both alike; the script prints every run, the
+medians and the ratios. Without ``--image`` the content is a 3840x2160 picture made from
+scikit-image's public-domain astronaut sample, or with ``--size`` a photo of that size
+(:func:`jobs.bench.photo_file`), and the style is the project's painted sample style, so it
+needs no download but the weights (``--weights`` or ``$ULTRASTYLE_WEIGHTS``).
 
 For B, "pair" is the manifest's wall seconds of a pair (cut, levels, write), and "job" is
 the span from the first pair's start to the last pair's end (Ray's start and the actors'
@@ -31,6 +33,7 @@ import ray
 import torch
 from PIL import Image
 
+from jobs.bench import photo_file
 from jobs.samples import paint_style
 from jobs.stylize import main as stylize_main
 from pipeline.batch.manifest import read_manifest
@@ -52,7 +55,7 @@ def _in_process(images: list[Path], style: Path, out: Path, args: argparse.Names
     stats = load_style(str(style), models)
     start = time.perf_counter()
     for i, image in enumerate(images):
-        stylize_file(str(image), str(out / f"local{i}{image.suffix}"), stats, models, mode="exact", tile=args.tile)
+        stylize_file(str(image), str(out / f"local{i}{image.suffix}"), stats, models, mode=args.mode, tile=args.tile)
     return time.perf_counter() - start
 
 
@@ -69,9 +72,10 @@ def _store_used() -> int:
 
 def _batch(folder: Path, style: Path, out: Path, args: argparse.Namespace) -> tuple[float, float, int]:
     """(mean pair seconds, job seconds, peak object-store bytes) of one batch run."""
-    argv = ["--input", str(folder), "--style", str(style), "--output", str(out), "--mode", "exact",
+    argv = ["--input", str(folder), "--style", str(style), "--output", str(out), "--mode", args.mode,
             "--tile", str(args.tile), "--workers", str(args.workers), "--cpus-per-worker", "1",
-            "--max-in-flight", str(max(2, args.copies)), "--progress-seconds", "30"]
+            "--max-in-flight", str(max(2, args.copies)), "--batch-images", str(args.batch_images),
+            "--progress-seconds", "30"]
     if args.weights:
         argv += ["--weights", args.weights]
     peak, stop = [0], threading.Event()
@@ -97,6 +101,9 @@ def _batch(folder: Path, style: Path, out: Path, args: argparse.Namespace) -> tu
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", help="content image (default: a generated 3840x2160 JPEG)")
+    p.add_argument("--size", default=None, help="WxH of a generated photo instead (e.g. 640x480)")
+    p.add_argument("--mode", default="exact", help="cascade mode of both sides (default exact)")
+    p.add_argument("--batch-images", type=int, default=4, help="B: images of one tile per actor call")
     p.add_argument("--weights", default=None, help="weights URI (default: $ULTRASTYLE_WEIGHTS or the official files)")
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--workers", type=int, default=2, help="CPU actors, and the in-process engine's threads")
@@ -112,6 +119,9 @@ def main() -> None:
         image = folder / ("content" + (Path(args.image).suffix if args.image else ".jpg"))
         if args.image:
             shutil.copyfile(args.image, image)
+        elif args.size:
+            width, height = (int(v) for v in args.size.lower().split("x"))
+            photo_file(str(image), width, height)
         else:
             _content(image, (3840, 2160))
         images = [image]

@@ -15,8 +15,8 @@ The page is one file that needs nothing but its tiles:
   of outputs no page depends on a shared script that a later run, of another version, could
   replace or delete; and the atomic publishing of an output
   (:func:`pipeline.imaging.imageio.local_output`) covers the page, as it writes no file
-  outside the output's own names. The cost is 0.39 MB per page: 15 % of the 2.7 MB pyramid
-  of a smooth 3840 x 2160 photo at quality 95, well under 1 % of a gigapixel pyramid;
+  outside the output's own names. The cost is 0.39 MB per page: 3.5 % of the 11 MB pyramid
+  of a stylized 3840 x 2160 photo, about 0.03 % of a gigapixel one (docs/benchmarks.md);
 - the pyramid's geometry is written into the page as an inline tile source rather than
   fetched from ``name.dzi``: a page opened from a folder (``file://``) may not read another
   file with a request, only load images, which is how the tiles arrive, relative to the page.

@@ -201,11 +201,12 @@ def page_url(request: pytest.FixtureRequest, tmp_path: Path, photo: np.ndarray) 
         _write(str(tmp_path / "site" / "coffee.dzi"), photo)
         return (tmp_path / "site" / "coffee.html").as_uri()
     s3_options, s3_fs = request.getfixturevalue("s3_options"), request.getfixturevalue("s3_fs")
-    if not s3_fs.exists("zoom"):
-        s3_fs.mkdir("zoom", acl="public-read")  # readable by a browser, as a bucket of published outputs is
-    _write("s3://zoom/results/coffee.dzi", photo, s3_options)
+    # moto keeps its buckets for the whole session, across test modules: a name of this test's own.
+    if not s3_fs.exists("viewer-pages"):
+        s3_fs.mkdir("viewer-pages", acl="public-read")  # readable by a browser, as a bucket of published outputs is
+    _write("s3://viewer-pages/results/coffee.dzi", photo, s3_options)
     # moto serves objects path-style with the Content-Type they were put with (text/html here).
-    return f"{s3_options['client_kwargs']['endpoint_url']}/zoom/results/coffee.html"
+    return f"{s3_options['client_kwargs']['endpoint_url']}/viewer-pages/results/coffee.html"
 
 
 def _outside_controls(browser: _Browser) -> np.ndarray:

@@ -72,7 +72,7 @@ log = logging.getLogger("ultrastyle.batch")
 _ONE_CALL_MODES = ("whole", "thumbnail")
 # Object-store bytes per image pixel in flight, at the peak of the exact cascade with the 16x
 # models (level 3: its cached features, 16 B, and the next level's float32 image, 12 B, the
-# input alpha 1 B, rounded up); the README gives the measured figure.
+# input alpha 1 B, rounded up); docs/benchmarks.md gives the measured figure.
 STORE_BYTES_PER_PIXEL = 32
 # First wait before a pair lost with a worker or node runs again (doubled at each retry).
 _RETRY_SECONDS = 2.0

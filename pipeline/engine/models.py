@@ -17,7 +17,7 @@ __all__ = ["CASCADE", "DEFAULT_TILE_BATCH", "ModelSet", "check_cascade_levels", 
 # Levels in the order the cascade applies them (coarse style first, as in WCT).
 CASCADE = (5, 4, 3, 2, 1)
 # Equal-size tile regions per network call, by device type, when the caller does not say.
-# On the CPU one tile already fills the cores and batching measured no faster (README); on a GPU
+# On the CPU one tile already fills the cores and batching measured no faster (docs/benchmarks.md); on a GPU
 # one tile of the small networks leaves most of it idle.
 DEFAULT_TILE_BATCH = {"cpu": 1, "cuda": 4}
 

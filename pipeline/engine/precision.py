@@ -7,7 +7,7 @@ the CPU it is the same as ``fp32``). ``bf16`` and ``fp16`` cast the modules to t
 so the convolutions run in it; everything between the networks stays as in ``fp32``: the
 feature statistics and the transforms are built in float64, and tiles, features and
 canvases are float32 between levels (:func:`pipeline.engine.cascade.encode` casts at the model's
-edges). The README gives each mode's PSNR against the fp32 whole-image result.
+edges). docs/benchmarks.md gives each mode's PSNR against the fp32 whole-image result.
 
 The TF32 switches are process-wide, so :func:`apply_precision` is called in every process
 that runs a model: the in-process engine (via :func:`pipeline.engine.models.load_model_set`) and

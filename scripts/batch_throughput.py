@@ -22,8 +22,11 @@ sampled during B and given per pixel in flight.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -57,6 +60,16 @@ def _in_process(images: list[Path], style: Path, out: Path, args: argparse.Names
     for i, image in enumerate(images):
         stylize_file(str(image), str(out / f"local{i}{image.suffix}"), stats, models, mode=args.mode, tile=args.tile)
     return time.perf_counter() - start
+
+
+def _bench(args: argparse.Namespace) -> float:
+    """MP/s of ``ultrastyle bench`` at ``--size`` in a fresh process with ``--workers`` threads (the cascade alone)."""
+    command = [sys.executable, "-m", "jobs.bench", "--size", args.size, "--threads", str(args.workers), "--mode",
+               args.mode, "--tile", str(args.tile), "--no-psnr", "--json"]
+    if args.weights:
+        command += ["--weights", args.weights]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["mp_per_s"])
 
 
 def _store_used() -> int:
@@ -134,13 +147,16 @@ def main() -> None:
             megapixels = img.width * img.height / 1e6
         print(f"content {img.width}x{img.height} ({megapixels:.2f} MP) x {args.copies}, tile {args.tile}, "
               f"{args.workers} workers")
-        a_runs, pair_runs, job_runs, peaks = [], [], [], []
+        a_runs, pair_runs, job_runs, peaks, bench_rates = [], [], [], [], []
         for r in range(args.repeats):
             local = work / f"local{r}"
             local.mkdir()
             a_runs.append(_in_process(images, style, local, args))
             print(f"A{r + 1} in-process: {a_runs[-1]:.1f} s -> {megapixels * args.copies / a_runs[-1]:.3f} MP/s",
                   flush=True)
+            if args.size:
+                bench_rates.append(_bench(args))
+                print(f"C{r + 1} ultrastyle bench --size {args.size}: {bench_rates[-1]:.3f} MP/s", flush=True)
             pair, job, peak = _batch(folder, style, work / f"out{r}", args)
             pair_runs.append(pair)
             job_runs.append(job)
@@ -153,6 +169,9 @@ def main() -> None:
               f"({total_mp / job:.3f} MP/s)")
         print(f"B/A: job rate {100 * a / job:.1f} % of in-process; pair time {100 * pair / (a / args.copies):.1f} % "
               f"of one in-process image")
+        if bench_rates:
+            bench = statistics.median(bench_rates)
+            print(f"B/C: job rate {100 * total_mp / job / bench:.1f} % of ultrastyle bench ({bench:.3f} MP/s)")
         print(f"object store peak: {max(peaks) / 2**20:.0f} MiB = {max(peaks) / (total_mp * 1e6):.1f} bytes "
               f"per pixel of the {args.copies} image(s)")
     finally:

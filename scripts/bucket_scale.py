@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.samples import paint_style
-from jobs.stylize import build_parser
+from jobs.stylize import build_options, build_parser
 from pipeline.batch.fingerprint import SettingsBook
 from pipeline.batch.listing import iter_keys
 from pipeline.batch.manifest import MANIFEST_DIR, SCHEMA, new_run_id
@@ -53,9 +53,8 @@ def _argv(content: Path, style: Path, out: Path) -> list[str]:
 
 def _prior(content: Path, style: Path, out: Path, files: int) -> None:
     """An output and an ``ok`` row for every pair, the rows in one Parquet file of the earlier layout."""
-    args = build_parser().parse_args(_argv(content, style, out))
-    args.input_uri = str(content)
-    checks = check_batch(args, probe_output=False)
+    options = build_options(build_parser().parse_args(_argv(content, style, out)), str(content))
+    checks = check_batch(options, probe_output=False)
     book = SettingsBook()
     planner = PairPlanner(input_uri=str(content), output_uri=str(out), style_keys=[str(style)])
     _tree(out, files, f"__{style.stem}.jpg")
@@ -65,7 +64,7 @@ def _prior(content: Path, style: Path, out: Path, files: int) -> None:
     with pq.ParquetWriter(path, SCHEMA) as writer:
         seq = 0
         for keys in iter_keys(str(content)):
-            pairs = checks.stamp(planner.plan(keys, seq), args, book)
+            pairs = checks.stamp(planner.plan(keys, seq), options, book)
             seq += pairs.num_rows
             n = pairs.num_rows
             columns = {

@@ -35,7 +35,6 @@ rather than stop the job.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import itertools
 import logging
@@ -67,15 +66,17 @@ from pipeline.batch.manifest import (
     one_line_error,
 )
 from pipeline.batch.planning import PairPlanner
-from pipeline.batch.preflight import BatchChecks, check_batch, check_placement, default_workers
+from pipeline.batch.preflight import BatchChecks, check_actor_device, check_batch, check_placement, default_workers
 from pipeline.batch.resume import RunPlan, plan_run
 from pipeline.batch.transient import Backoff, is_transient
 from pipeline.engine.controls import join_styles, mask_for, split_styles, style_levels
+from pipeline.engine.device import resolve_device
 from pipeline.engine.runner import StyleStats
 from pipeline.engine.tiled import cascade_geometry, run_levels, tile_rounds
 from pipeline.imaging.chunks import intersection
 from pipeline.imaging.imageio import check_pixels, image_size
 from pipeline.imaging.tiles import Rect, canvas_size, plan_tiles
+from pipeline.options import BatchOptions, StyleOptions
 from pipeline.progress import BatchProgress, ProgressLine
 
 __all__ = ["STORE_BYTES_PER_PIXEL", "BatchSettings", "run_batch"]
@@ -86,7 +87,7 @@ log = logging.getLogger("ultrastyle.batch")
 _ONE_CALL_MODES = ("whole", "thumbnail")
 # Object-store bytes per image pixel in flight, at the peak of the exact cascade with the 16x
 # models (level 3: its cached features, 16 B, and the next level's float32 image, 12 B, the
-# input alpha 1 B, rounded up); the README gives the measured figure.
+# input alpha 1 B, rounded up); docs/benchmarks.md gives the measured figure.
 STORE_BYTES_PER_PIXEL = 32
 # First wait before a pair lost with a worker or node, or to a storage fault, runs again
 # (doubled at each retry, at most a minute).
@@ -103,12 +104,13 @@ _STORE_SHARE = 0.5
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """The job's knobs, from the command line (see ``jobs/stylize.py``).
+    """The job's cluster settings, with the defaults that depend on the cluster resolved
+    (from :class:`~pipeline.options.BatchOptions`).
 
     Attributes:
         workers: model actors.
-        gpus_per_worker, cpus_per_worker: what each actor reserves; GPUs > 0 puts the
-            models on CUDA, and the CPUs set its torch threads.
+        gpus_per_worker, cpus_per_worker: what each actor reserves; the CPUs set its torch threads.
+        device: where each actor loads its models: ``cuda`` when it reserves GPUs, else ``cpu``.
         io_cpus: CPUs each read/cut and write task reserves (0: they are I/O bound and
             their number is bounded by admission).
         max_in_flight: images being processed at once.
@@ -124,6 +126,7 @@ class BatchSettings:
     workers: int
     gpus_per_worker: float
     cpus_per_worker: float
+    device: str
     io_cpus: float
     max_in_flight: int
     max_in_flight_mp: float
@@ -131,10 +134,6 @@ class BatchSettings:
     progress_seconds: float
     batch_images: int = 4
     header_threads: int = 16
-
-    @property
-    def device(self) -> str:
-        return "cuda" if self.gpus_per_worker > 0 else "cpu"
 
 
 def _connect_ray() -> bool:
@@ -151,31 +150,34 @@ def _connect_ray() -> bool:
     return address is None
 
 
-def _settings(args: argparse.Namespace) -> BatchSettings:
-    """Resolve the defaults that depend on the cluster: GPUs when it has them, else CPUs; the
-    pixel budget from the object store."""
+def _settings(options: BatchOptions) -> BatchSettings:
+    """Resolve the defaults that depend on the cluster: GPU actors (on CUDA) when it has GPUs
+    and the device allows them, else CPU actors; the pixel budget from the object store."""
     resources = ray.cluster_resources()
-    gpus = args.gpus_per_worker
+    device = options.style_options.device
+    gpus = options.gpus_per_worker
     if gpus is None:
-        gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
-    cpus = args.cpus_per_worker
-    workers = args.workers
+        gpus = 1.0 if device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0) else 0.0
+    cpus = options.cpus_per_worker
+    workers = options.workers
     if workers is None:
-        workers = default_workers(_nodes(), cpus=cpus, gpus=gpus, io_cpus=args.io_cpus)
-    budget = args.max_in_flight_mp
+        workers = default_workers(_nodes(), cpus=cpus, gpus=gpus, io_cpus=options.io_cpus)
+    budget = options.max_in_flight_mp
     if budget is None:
         budget = resources.get("object_store_memory", 0) * _STORE_SHARE / STORE_BYTES_PER_PIXEL / 1e6
     return BatchSettings(
         workers=workers,
         gpus_per_worker=gpus,
         cpus_per_worker=cpus,
-        io_cpus=args.io_cpus,
-        max_in_flight=args.max_in_flight,
+        # The actor loads the models, so what counts is whether it has a GPU, not whether this driver does.
+        device=resolve_device(device, cuda_available=gpus > 0),
+        io_cpus=options.io_cpus,
+        max_in_flight=options.max_in_flight,
         max_in_flight_mp=budget,
-        retries=args.retries,
-        progress_seconds=args.progress_seconds,
-        batch_images=args.batch_images,
-        header_threads=args.header_threads,
+        retries=options.retries,
+        progress_seconds=options.progress_seconds,
+        batch_images=options.batch_images,
+        header_threads=options.header_threads,
     )
 
 
@@ -244,13 +246,14 @@ class _Job:
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        options: BatchOptions,
         settings: BatchSettings,
         writer: ManifestWriter,
         pool: ModelPool,
         progress: BatchProgress,
     ) -> None:
-        self.args, self.settings, self.writer = args, settings, writer
+        self.options, self.settings, self.writer = options, settings, writer
+        self.style_options = options.style_options
         self.pool, self.progress = pool, progress
         info = pool.infos[0]
         self.model_id = info.model_id
@@ -296,10 +299,11 @@ class _Job:
         """Every style's statistics, computed once on the actors (in parallel), and each
         combination of styles (``--style-weights``, ``--mask``) built from them."""
         styles = {uri: _Style(uri) for key in dict.fromkeys(keys) for uri in split_styles(key)}
-        args = self.args
+        style_options = self.style_options
 
         def load(style: _Style) -> None:
-            call = Call("style", (style.uri,), {"style_size": args.style_size, "max_pixels": args.max_pixels})
+            call = Call("style", (style.uri,),
+                        {"style_size": style_options.style_size, "max_pixels": style_options.max_pixels})
             try:
                 [done] = self.pool.run([call])
             except Exception as e:
@@ -320,8 +324,8 @@ class _Job:
         failed = next((p for p in parts if p.error), None)
         if failed is not None:
             return _Style(key, error=failed.error)
-        levels = style_levels([p.stats for p in parts], weights=self.args.style_weights,
-                              masked=self.args.mask is not None)
+        levels = style_levels([p.stats for p in parts], weights=self.style_options.style_weights,
+                              masked=self.style_options.mask is not None)
         return _Style(key, stats=levels, ref=ray.put(levels))
 
     # -- one pair ----------------------------------------------------------------------------
@@ -353,13 +357,14 @@ class _Job:
         A pair whose image failed with a storage fault, or all of them when the call itself
         was lost, runs again on its own (:meth:`_run_pair`, with its retries).
         """
-        args, started = self.args, time.perf_counter()
+        style_options, started = self.style_options, time.perf_counter()
         self.progress.add_tiles(len(batch))
         items = [(p.content_uri, p.output_uri, self._mask(p)) for p, _ in batch]
         call = Call(
             "stylize_files", (style.ref, items),
-            {"mode": args.mode, "tile": args.tile, "alpha": args.alpha, "max_pixels": args.max_pixels,
-             "quality": args.quality, "preserve_color": args.preserve_color},
+            {"mode": style_options.mode, "tile": style_options.tile, "alpha": style_options.alpha,
+             "max_pixels": style_options.max_pixels, "quality": style_options.quality,
+             "preserve_color": style_options.preserve_color},
             weight=float(sum(w * h for _, (w, h) in batch)),
         )
         try:
@@ -381,8 +386,8 @@ class _Job:
         return rows
 
     def _mask(self, pair: Pair) -> str | None:
-        args = self.args
-        return mask_for(pair.content_uri, input_uri=args.input_uri, mask_uri=args.mask) if args.mask else None
+        mask = self.style_options.mask
+        return mask_for(pair.content_uri, input_uri=self.options.input_uri, mask_uri=mask) if mask else None
 
     @staticmethod
     def _take_report(result: _PairResult, info: CallInfo) -> None:
@@ -394,32 +399,33 @@ class _Job:
         result.workers.add(info.worker)
 
     def _stylize(self, pair: Pair, style: _Style, result: _PairResult) -> None:
-        args, settings = self.args, self.settings
+        style_options, settings = self.style_options, self.settings
         width, height = result.width, result.height
-        tiles = plan_tiles(height, width, tile=args.tile)
+        tiles = plan_tiles(height, width, tile=style_options.tile)
         result.tiles = len(tiles)
         # Creative controls run in one call too: the in-process exact engine on disk canvases,
         # the same picture with memory bounded by the tile, but on one actor.
-        if args.mode in _ONE_CALL_MODES or len(tiles) == 1 or _has_controls(args):
+        if style_options.mode in _ONE_CALL_MODES or len(tiles) == 1 or _has_controls(style_options):
             self._stylize_in_one_call(pair, style, result)
             return
         result.mode = "tiled"
         n = len(tiles)
         refs = cut_image.options(num_returns=1 + 2 * n, num_cpus=settings.io_cpus, max_retries=settings.retries).remote(
-            pair.content_uri, width=width, height=height, tile=args.tile, max_pixels=args.max_pixels,
-            storage_options=args.storage_options,
+            pair.content_uri, width=width, height=height, tile=style_options.tile, max_pixels=style_options.max_pixels,
+            storage_options=style_options.storage_options,
         )
         header: ImageHeader = ray.get(refs[0])
         result.seconds["read"] = header.read_seconds
         alphas = refs[1 + n :] if header.has_alpha else []
         executor = RayExecutor(self.pool, refs[1 : 1 + n], tiles, canvas_size(height, width),
-                               tiles_per_call=tiles_per_call(n, args.tile, self.pool.alive),
+                               tiles_per_call=tiles_per_call(n, style_options.tile, self.pool.alive),
                                on_tile=self.progress.tiles)
         del refs
         self.progress.add_tiles(tile_rounds(n, len(self.geometry), exact=True))
         start = time.perf_counter()
         try:
-            result.seconds["reduce"] = run_levels(executor, tiles, self.geometry, style.stats, alpha=args.alpha)
+            result.seconds["reduce"] = run_levels(executor, tiles, self.geometry, style.stats,
+                                                  alpha=style_options.alpha)
         finally:
             result.seconds["stylize"] = time.perf_counter() - start
             result.seconds["compute"] = executor.compute_seconds
@@ -429,20 +435,21 @@ class _Job:
         alpha_rects = [intersection(core, bounds) for core in cores] if alphas else []
         written = write_chunks.options(num_cpus=settings.io_cpus, max_retries=settings.retries).remote(
             pair.output_uri, height, width, cores, alpha_rects, header.icc_profile, *executor.image, *alphas,
-            quality=args.quality, storage_options=args.storage_options,
+            quality=style_options.quality, storage_options=style_options.storage_options,
         )
         executor.image = []
         result.seconds["write"] = ray.get(written)
 
     def _stylize_in_one_call(self, pair: Pair, style: _Style, result: _PairResult) -> None:
         """One actor call reads, stylizes and writes (small images, ``whole``/``thumbnail`` modes)."""
-        args = self.args
+        style_options = self.style_options
         self.progress.add_tiles(1)
         call = Call(
             "stylize_file",
             (pair.content_uri, style.ref, pair.output_uri),
-            {"mode": args.mode, "tile": args.tile, "alpha": args.alpha, "max_pixels": args.max_pixels,
-             "quality": args.quality, "preserve_color": args.preserve_color, "mask_uri": self._mask(pair)},
+            {"mode": style_options.mode, "tile": style_options.tile, "alpha": style_options.alpha,
+             "max_pixels": style_options.max_pixels, "quality": style_options.quality,
+             "preserve_color": style_options.preserve_color, "mask_uri": self._mask(pair)},
             weight=float(result.width * result.height),
         )
         [done] = self.pool.run([call])
@@ -453,22 +460,22 @@ class _Job:
 
     def _probe(self, content_uri: str) -> tuple[int, int]:
         """The image's size from its header, refused over ``--max-pixels`` before any decoding."""
-        width, height = image_size(content_uri, self.args.storage_options)
-        check_pixels(content_uri, width, height, self.args.max_pixels)
+        width, height = image_size(content_uri, self.style_options.storage_options)
+        check_pixels(content_uri, width, height, self.style_options.max_pixels)
         return width, height
 
     def _batched(self, size: tuple[int, int]) -> bool:
         """Whether an image of ``size`` (width, height) runs in one actor call no larger than a tile's,
         which may share the call with others."""
-        args = self.args
+        style_options = self.style_options
         width, height = size
-        if args.mode in _ONE_CALL_MODES or _has_controls(args):
-            return width * height <= args.tile * args.tile
-        return len(plan_tiles(height, width, tile=args.tile)) == 1
+        if style_options.mode in _ONE_CALL_MODES or _has_controls(style_options):
+            return width * height <= style_options.tile * style_options.tile
+        return len(plan_tiles(height, width, tile=style_options.tile)) == 1
 
     def run(self, pairs: Iterator[Pair]) -> None:
         """Run ``pairs`` as they come (see the module's docstring for admission), writing their rows."""
-        styles = self._load_styles(_style_keys(self.args))
+        styles = self._load_styles(_style_keys(self.options))
         settings = self.settings
         ahead = max(64, _HEADERS_AHEAD * settings.batch_images * settings.workers)
         threads = settings.max_in_flight + _SMALL_CALLS_PER_ACTOR * settings.workers
@@ -586,13 +593,14 @@ class _Admission:
         yield from headers.drain()
 
 
-def _has_controls(args: argparse.Namespace) -> bool:
-    return args.style_weights is not None or args.mask is not None or args.preserve_color
+def _has_controls(options: StyleOptions) -> bool:
+    return options.style_weights is not None or options.mask is not None or options.preserve_color
 
 
-def _style_keys(args: argparse.Namespace) -> list[str]:
+def _style_keys(options: BatchOptions) -> list[str]:
     """One output per style, or one per content image from all styles (a blend or a mask)."""
-    return [join_styles(args.style)] if args.style_weights is not None or args.mask is not None else list(args.style)
+    combined = options.style_options.style_weights is not None or options.style_options.mask is not None
+    return [join_styles(options.style_uris)] if combined else list(options.style_uris)
 
 
 def _nodes() -> list[dict[str, float]]:
@@ -601,7 +609,7 @@ def _nodes() -> list[dict[str, float]]:
 
 
 def _start_actors(
-    args: argparse.Namespace, settings: BatchSettings, run_id: str, weights: WeightSet
+    options: StyleOptions, settings: BatchSettings, run_id: str, weights: WeightSet
 ) -> list[ActorHandle]:
     check_placement(_nodes(), workers=settings.workers, cpus=settings.cpus_per_worker,
                     gpus=settings.gpus_per_worker, io_cpus=settings.io_cpus)
@@ -619,9 +627,9 @@ def _start_actors(
             name=f"model-{i}",
             device=settings.device,
             threads=threads,
-            storage_options=args.storage_options,
-            precision=args.precision,
-            tile_batch=args.tile_batch,
+            storage_options=options.storage_options,
+            precision=options.precision,
+            tile_batch=options.tile_batch,
         )
         for i in range(settings.workers)
     ]
@@ -647,10 +655,10 @@ def _listed(
         yield batch
 
 
-def _pair_namer(args: argparse.Namespace) -> Callable[[str, str], str]:
+def _pair_namer(options: BatchOptions) -> Callable[[str, str], str]:
     """How the console names a pair: the content's key below the input, and its style's stem when there are several."""
-    base = args.input_uri.rstrip("/") + "/"
-    several = len(_style_keys(args)) > 1
+    base = options.input_uri.rstrip("/") + "/"
+    several = len(_style_keys(options)) > 1
 
     def name(content_uri: str, style_uri: str) -> str:
         key = content_uri[len(base):] if content_uri.startswith(base) else content_uri
@@ -659,73 +667,72 @@ def _pair_namer(args: argparse.Namespace) -> Callable[[str, str], str]:
     return name
 
 
-def _report(plan: RunPlan, args: argparse.Namespace, run_id: str) -> None:
+def _report(plan: RunPlan, options: BatchOptions, run_id: str) -> None:
     """Say what the run will do: counts, then why pairs run and what is refused, the first few named."""
     log.info("run %s: %d images x %d styles = %d pairs (%d to run, %d already done, %d refused) -> %s",
-             run_id, plan.contents, len(_style_keys(args)), plan.pairs, plan.to_run, plan.skipped,
-             plan.refused.count, args.output)
-    for line in plan.report(_pair_namer(args)):
+             run_id, plan.contents, len(_style_keys(options)), plan.pairs, plan.to_run, plan.skipped,
+             plan.refused.count, options.output_uri)
+    for line in plan.report(_pair_namer(options)):
         log.info("%s", line)
     if plan.folded:
         log.info("manifest: %d files folded into its current state", plan.folded)
 
 
-def run_batch(args: argparse.Namespace, content_uri: str) -> int:
-    """Stylize every image under ``content_uri`` with every ``--style`` on Ray; write the manifest.
+def run_batch(options: BatchOptions) -> int:
+    """Stylize every image under ``options.input_uri`` with every style on Ray; write the manifest.
 
     Args:
-        args: parsed ``jobs.stylize`` flags (``style``, ``output``, ``weights``, ``alpha``,
-            ``style_size``, ``mode``, ``tile``, ``max_pixels``, ``quality``,
-            ``storage_options``, ``format``, ``workers``, ``gpus_per_worker``,
-            ``cpus_per_worker``, ``io_cpus``, ``max_in_flight``, ``max_in_flight_mp``,
-            ``retries``, ``progress_seconds``, ``overwrite``, ``precision``, ``dry_run``,
-            ``batch_images``, ``header_threads``, ``manifest_wait``).
-        content_uri: a folder or prefix (local or any fsspec URI).
+        options: the job (inputs, styles, output, the picture and engine settings, the cluster
+            settings, ``dry_run``), as ``jobs.stylize`` builds it from its flags.
 
     Returns:
-        0 when every pair is ``ok`` or skipped (and for ``--dry-run``), 1 when any failed,
-        the actors could not start, or manifest rows could not be written.
+        0 when every pair is ``ok`` or skipped (and for a dry run), 1 when any failed, the
+        actors could not start, or manifest rows could not be written.
 
     Raises:
-        ValueError: invalid flags (:class:`~pipeline.batch.preflight.UsageError` for actors the
-            cluster cannot place).
+        OptionError: a device the actors cannot honour, or an output ``format`` we cannot write.
+        UsageError: actors the cluster cannot place
+            (:func:`~pipeline.batch.preflight.check_placement`).
         FileNotFoundError, OSError: the input or output cannot be listed or written
             (missing bucket, unreachable endpoint), with a one-line message.
         WeightsError, ImageError: the weights or every style fail the driver's checks
             (:func:`~pipeline.batch.preflight.check_batch`).
     """
     start = time.perf_counter()
-    args.input_uri = content_uri  # masks are found by their content's path below it
-    options = args.storage_options
+    check_actor_device(options.style_options.device, options.gpus_per_worker)
+    style_options, output = options.style_options, options.output_uri
+    storage_options, mask = style_options.storage_options, style_options.mask
     # The output and a mask prefix inside the input hold outputs and masks, not content images.
-    keys = _listed(content_uri, "input", options, exclude=[args.output, *([args.mask] if args.mask else [])])
+    keys = _listed(options.input_uri, "input", storage_options, exclude=[output, *([mask] if mask else [])])
     first = next(keys, None)
     if first is None:
-        raise FileNotFoundError(f"input {content_uri} holds no files")
-    if args.mask is not None and next(_listed(args.mask, "--mask", options, missing_ok=True), None) is None:
-        raise FileNotFoundError(f"--mask {args.mask}: no such folder or prefix of masks")
-    checks = check_batch(args, probe_output=not args.dry_run)
-    planner = PairPlanner(input_uri=content_uri, output_uri=args.output, style_keys=_style_keys(args), fmt=args.format)
+        raise FileNotFoundError(f"input {options.input_uri} holds no files")
+    if mask is not None and next(_listed(mask, "--mask", storage_options, missing_ok=True), None) is None:
+        raise FileNotFoundError(f"--mask {mask}: no such folder or prefix of masks")
+    checks = check_batch(options, probe_output=not options.dry_run)
+    planner = PairPlanner(input_uri=options.input_uri, output_uri=output, style_keys=_style_keys(options),
+                          fmt=options.format)
     book = SettingsBook()
     run_id = new_run_id()
-    manifest = list_manifest(args.output, options)
+    manifest = list_manifest(output, storage_options)
     # Outputs matter only to pairs the manifest says are done: a first run does not list them.
-    existing = _listed(args.output, "output", options, missing_ok=True) if manifest.paths and not args.overwrite \
-        else iter(())
+    listed = manifest.paths and not options.overwrite
+    existing = _listed(output, "output", storage_options, missing_ok=True) if listed else iter(())
     with tempfile.TemporaryDirectory(prefix="ultrastyle-plan-") as workdir:
-        plan = plan_run(planner, itertools.chain([first], keys), stamp=partial(checks.stamp, args=args, book=book),
-                        book=book, existing=existing, manifest=manifest, workdir=workdir, overwrite=args.overwrite,
-                        fold_id=None if args.dry_run else run_id)
-        _report(plan, args, run_id)
-        if args.dry_run:
+        stamp = partial(checks.stamp, options=options, book=book)
+        plan = plan_run(planner, itertools.chain([first], keys), stamp=stamp, book=book, existing=existing,
+                        manifest=manifest, workdir=workdir, overwrite=options.overwrite,
+                        fold_id=None if options.dry_run else run_id)
+        _report(plan, options, run_id)
+        if options.dry_run:
             log.info("dry run: nothing stylized or written, Ray not started (%.1f s)", time.perf_counter() - start)
             return 0
-        return _run(args, plan, checks, run_id, start)
+        return _run(options, plan, checks, run_id, start)
 
 
-def _run(args: argparse.Namespace, plan: RunPlan, checks: BatchChecks, run_id: str, start: float) -> int:
+def _run(options: BatchOptions, plan: RunPlan, checks: BatchChecks, run_id: str, start: float) -> int:
     """Write the refused rows, run the pairs to run, close the manifest and say how it went."""
-    writer = ManifestWriter(args.output, run_id=run_id, storage_options=args.storage_options)
+    writer = ManifestWriter(options.output_uri, run_id=run_id, storage_options=options.style_options.storage_options)
     progress = BatchProgress(total_pairs=plan.pairs)
     progress.pair("skipped", count=plan.skipped)
     for table in plan.refused_rows():
@@ -735,7 +742,7 @@ def _run(args: argparse.Namespace, plan: RunPlan, checks: BatchChecks, run_id: s
     status = 0
     try:
         if plan.to_run:
-            _run_pairs(args, plan.todo(), writer, progress, run_id, checks.weight_set)
+            _run_pairs(options, plan.todo(), writer, progress, run_id, checks.weight_set)
     except _StartupError as e:
         log.error("%s", e)
         status = 1
@@ -744,7 +751,7 @@ def _run(args: argparse.Namespace, plan: RunPlan, checks: BatchChecks, run_id: s
             ray.shutdown()
     c = progress.counts
     summary = Summary(c["ok"], c["skipped"], c["failed"], progress.megapixels, time.perf_counter() - start)
-    if not writer.close(patience=args.manifest_wait):
+    if not writer.close(patience=options.manifest_wait):
         held, path = writer.pending, writer.save_local()
         log.error("done: %s; %d manifest rows could not be written to %s (%s), saved to %s instead",
                   summary.line(), held, writer.folder, writer.error, path)
@@ -760,19 +767,19 @@ class _StartupError(RuntimeError):
 
 
 def _run_pairs(
-    args: argparse.Namespace,
+    options: BatchOptions,
     pairs: Iterator[Pair],
     writer: ManifestWriter,
     progress: BatchProgress,
     run_id: str,
     weights: WeightSet,
 ) -> None:
-    settings = _settings(args)
+    settings = _settings(options)
     log.info("starting %d model actors (%s, %g CPU and %g GPU each), up to %d images of several tiles and "
              "%.1f MP in flight, small images %d per call", settings.workers, settings.device,
              settings.cpus_per_worker, settings.gpus_per_worker, settings.max_in_flight,
              settings.max_in_flight_mp, settings.batch_images)
-    actors = _start_actors(args, settings, run_id, weights)
+    actors = _start_actors(options.style_options, settings, run_id, weights)
     try:
         try:
             infos = ray.get([a.describe.remote() for a in actors])
@@ -781,7 +788,7 @@ def _run_pairs(
         for info in infos:
             log.info("actor %s ready: model %s on %s, %d tile(s) per network call (pid %d)", info.worker,
                      info.model_id, info.device, info.tile_batch, info.pid)
-        job = _Job(args, settings, writer, ModelPool(actors, infos), progress)
+        job = _Job(options, settings, writer, ModelPool(actors, infos), progress)
         job.run(pairs)
     finally:
         for actor in actors:

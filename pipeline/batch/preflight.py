@@ -5,13 +5,13 @@ started actors, read images and spent minutes: each check here turns one way a r
 doomed (a format we cannot write, an output location we cannot write to, weights that are not
 there, a style that cannot be read, actors the cluster cannot place) into one exception whose
 message names the flag or URI and says what to change. The CLI prints it as
-``ultrastyle stylize: error: ...`` and exits 2 for a :class:`UsageError`, 1 for the rest.
+``ultrastyle stylize: error: ...`` and exits 2 for a :class:`UsageError` or an
+:class:`~pipeline.options.OptionError`, 1 for the rest.
 Nothing here knows about Ray: the cluster's nodes come in as plain resource dicts.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
 import logging
@@ -33,11 +33,13 @@ from pipeline.batch.manifest import join_uri, one_line_error
 from pipeline.engine.controls import control_settings, join_styles, mask_for, split_styles
 from pipeline.engine.models import check_cascade_levels
 from pipeline.imaging.imageio import ImageError, check_pixels, image_size, output_format, write_bytes
+from pipeline.options import BatchOptions, OptionError
 
 __all__ = [
     "BatchChecks",
     "StyleCheck",
     "UsageError",
+    "check_actor_device",
     "check_batch",
     "check_format",
     "check_output_location",
@@ -59,18 +61,38 @@ class UsageError(ValueError):
     """A flag's value is wrong in itself (the CLI exits 2, as argparse does)."""
 
 
-def check_format(fmt: str | None) -> None:
-    """Refuse a ``--format`` we cannot write.
+def check_actor_device(device: str, gpus_per_worker: float | None) -> None:
+    """Refuse a ``device`` the batch job's model actors cannot honour.
+
+    Each actor runs on CUDA when it reserves GPUs and on the CPU otherwise, and Ray picks its
+    GPU, so ``cuda:N`` has no meaning here, and ``cpu`` with GPUs or ``cuda`` without any
+    contradict each other.
 
     Raises:
-        UsageError: naming the flag and the formats we write.
+        OptionError: naming ``device`` (and ``gpus_per_worker``) and what arrived.
+    """
+    if device.startswith("cuda:"):
+        raise OptionError("device", f"{device}: Ray gives each model actor its GPU, so the batch job takes auto, "
+                          "cpu or cuda")
+    if device == "cpu" and gpus_per_worker:
+        raise OptionError(("device", "gpus_per_worker"), "do not go together: CPU actors would leave their GPUs "
+                          f"idle, got cpu and {gpus_per_worker:g}")
+    if device == "cuda" and gpus_per_worker == 0:
+        raise OptionError(("device", "gpus_per_worker"), "do not go together: CUDA actors need a GPU, got cuda and 0")
+
+
+def check_format(fmt: str | None) -> None:
+    """Refuse an output ``format`` we cannot write.
+
+    Raises:
+        OptionError: naming ``format`` and the formats we write.
     """
     if fmt is None:
         return
     try:
         output_format("x." + fmt.lower().lstrip("."))
     except ImageError as e:
-        raise UsageError(f"--format {fmt!r}: {str(e).split(': ', 1)[-1]}") from e
+        raise OptionError("format", f"{fmt!r}: {str(e).split(': ', 1)[-1]}") from e
 
 
 def check_output_location(uri: str, storage_options: dict[str, Any] | None = None, *, folder: bool = True) -> None:
@@ -184,7 +206,7 @@ class BatchChecks:
     def model_id(self) -> str:
         return self.weight_set.model_id
 
-    def stamp(self, pairs: pa.Table, args: argparse.Namespace, book: SettingsBook) -> pa.Table:
+    def stamp(self, pairs: pa.Table, options: BatchOptions, book: SettingsBook) -> pa.Table:
         """Give each planned pair its settings (:func:`~pipeline.batch.fingerprint.pair_settings`) as an id in
         ``book``, and a ``refusal`` when its style (or its mask) cannot be read.
 
@@ -193,8 +215,7 @@ class BatchChecks:
 
         Args:
             pairs: a :data:`~pipeline.batch.planning.PAIR_SCHEMA` table.
-            args: the job's flags (``alpha``, ``style_size``, ``mode``, ``quality``, ``precision``
-                and the controls).
+            options: the job (its style options shape the settings; masks are found below its input).
             book: where the distinct settings are kept.
 
         Returns:
@@ -202,20 +223,21 @@ class BatchChecks:
         """
         found = pc.extract_regex(pairs["output_uri"], r"(?P<ext>\.[^./]*)$").combine_chunks()
         extension = pc.utf8_lower(pc.fill_null(found.field("ext"), ""))
-        masks = self._mask_digests(pairs["content_uri"], args) if getattr(args, "mask", None) else None
+        style_options = options.style_options
+        masks = self._mask_digests(pairs["content_uri"], options) if style_options.mask is not None else None
         parts = [pairs["style_uri"], extension] + ([masks[0]] if masks is not None else [])
         combos = pc.dictionary_encode(pc.binary_join_element_wise(*parts, "\n").combine_chunks())
         groups, refusals = [], []
         for combo in combos.dictionary.to_pylist():
             style_key, ext, *mask = combo.split("\n")
             styles = [self.styles[uri] for uri in split_styles(style_key)]
-            controls = control_settings(style_weights=getattr(args, "style_weights", None),
-                                        mask=mask[0] if mask else None,
-                                        preserve_color=getattr(args, "preserve_color", False))
+            controls = control_settings(style_weights=style_options.style_weights, mask=mask[0] if mask else None,
+                                        preserve_color=style_options.preserve_color)
             groups.append(book.add(pair_settings(
-                model_id=self.model_id, weights=self.weights, alpha=args.alpha, style_size=args.style_size,
-                mode=args.mode, quality=args.quality, style=join_styles([style.digest for style in styles]),
-                output_uri="x" + ext, code=self.code, precision=args.precision, controls=controls,
+                model_id=self.model_id, weights=self.weights, alpha=style_options.alpha,
+                style_size=style_options.style_size, mode=style_options.mode, quality=style_options.quality,
+                style=join_styles([style.digest for style in styles]), output_uri="x" + ext, code=self.code,
+                precision=style_options.precision, controls=controls,
             )))
             failed = next((style.error for style in styles if style.error), "")
             refusals.append(f"style image failed: {failed}" if failed else None)
@@ -225,15 +247,18 @@ class BatchChecks:
             refusal = pc.coalesce(refusal, masks[1])
         return pairs.append_column("group", group).append_column("refusal", refusal)
 
-    def _mask_digests(self, contents: pa.ChunkedArray, args: argparse.Namespace) -> tuple[pa.Array, pa.Array]:
+    @staticmethod
+    def _mask_digests(contents: pa.ChunkedArray, options: BatchOptions) -> tuple[pa.Array, pa.Array]:
         """Each pair's mask digest (``missing`` when it cannot be read) and why it cannot be used (else
         null), read once per content image, several at a time."""
         unique = pc.dictionary_encode(contents.combine_chunks())
 
+        mask_uri, storage_options = options.style_options.mask, options.style_options.storage_options
+
         def digest(content: str) -> tuple[str, str | None]:
-            uri = mask_for(content, input_uri=args.input_uri, mask_uri=args.mask)
+            uri = mask_for(content, input_uri=options.input_uri, mask_uri=mask_uri)
             try:
-                return style_digest(uri, args.storage_options), None
+                return style_digest(uri, storage_options), None
             except Exception as e:
                 return "missing", f"--mask: no mask {uri} for {content} ({one_line_error(e)})"
 
@@ -244,22 +269,25 @@ class BatchChecks:
         return pc.take(digests, unique.indices), pc.take(errors, unique.indices)
 
 
-def check_batch(args: argparse.Namespace, *, probe_output: bool = True) -> BatchChecks:
-    """The batch job's checks, cheapest first: output writable, weights verified, styles readable.
+def check_batch(options: BatchOptions, *, probe_output: bool = True) -> BatchChecks:
+    """The batch job's checks, cheapest first: output format known, output writable, weights
+    verified, styles readable.
 
     Args:
-        args: parsed ``jobs.stylize`` flags (``output``, ``weights``, ``style``,
-            ``max_pixels``, ``storage_options``).
-        probe_output: write (and remove) a probe where outputs go; ``--dry-run`` writes nothing.
+        options: the job.
+        probe_output: write (and remove) a probe where outputs go; a dry run writes nothing.
 
     Raises:
+        OptionError: an output ``format`` we cannot write (:func:`check_format`).
         OSError, WeightsError, ImageError: one line, see :func:`check_output_location`,
             :func:`check_weights` and :func:`check_styles`.
     """
+    style_options = options.style_options
+    check_format(options.format)
     if probe_output:
-        check_output_location(args.output, args.storage_options)
-    weights, digests = check_weights(args.weights, args.storage_options)
-    styles = check_styles(args.style, args.storage_options, max_pixels=args.max_pixels)
+        check_output_location(options.output_uri, style_options.storage_options)
+    weights, digests = check_weights(style_options.weights, style_options.storage_options)
+    styles = check_styles(options.style_uris, style_options.storage_options, max_pixels=style_options.max_pixels)
     return BatchChecks(weights, digests, styles, code_version())
 
 

@@ -1,6 +1,6 @@
 """The batch job's bookkeeping at bucket scale: time and driver memory before the first pixel.
 
-    python -m scripts.bucket_scale --files 1000000 [--prior] [--run] [--root DIR] [--keep]
+    python -m scripts.bucket_scale --files 1000000 [--prior] [--run] [--missing N] [--root DIR] [--keep]
 
 Builds a local tree of ``--files`` empty content files (1,000 per folder; empty files are
 fine: nothing is decoded before admission) and one real style image, then runs
@@ -11,12 +11,16 @@ with the settings this job computes, in a single Parquet file of the layout earl
 wrote (``_manifest/part-<run>-000000.parquet``), so the report must say ``0 to run``. With
 ``--run`` the job runs for real instead of ``--dry-run``: with ``--prior`` it starts no Ray
 (nothing to run) but folds the manifest into its current state, which the script then lists.
+``--missing N`` (with ``--prior --run``) makes the first ``N`` content files real 64x48 photos
+and removes their outputs, so ``N`` pairs run, and reports the time before the first pixel:
+from the job's start to the start of its first pair, Ray's start and the model load included.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +31,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.bench import photo_file
 from jobs.samples import paint_style
 from jobs.stylize import build_options, build_parser
 from pipeline.batch.fingerprint import SettingsBook
@@ -85,6 +90,26 @@ def _prior(content: Path, style: Path, out: Path, files: int) -> None:
             writer.write_table(table)
 
 
+def _make_missing(content: Path, out: Path, style: Path, count: int) -> None:
+    """The first ``count`` content files as real photos, their outputs removed: ``count`` pairs to run."""
+    photo = content.parent / "photo.jpg"
+    photo_file(str(photo), 64, 48)
+    for i in range(count):
+        name = f"{i // PER_FOLDER:05d}/{i:08d}"
+        shutil.copyfile(photo, content / f"{name}.jpg")
+        (out / f"{name}__{style.stem}.jpg").unlink(missing_ok=True)
+
+
+def _first_pixel(log: str, started: float) -> float | None:
+    """Seconds from ``started`` (epoch) to the start of the first pair that finished ``ok``."""
+    found = re.search(r"^(\d\d:\d\d:\d\d) \[\d+/\d+\] ok .* ([\d.]+) s\)$", log, re.MULTILINE)
+    if found is None:
+        return None
+    day = time.strftime("%Y-%m-%d", time.localtime(started))
+    finished = time.mktime(time.strptime(f"{day} {found[1]}", "%Y-%m-%d %H:%M:%S"))
+    return finished - float(found[2]) - started
+
+
 def _measure(argv: list[str]) -> tuple[float, float, str]:
     """(wall seconds, peak RSS in GiB, stderr) of ``python -m jobs.stylize argv`` in a fresh process."""
     with tempfile.TemporaryDirectory() as folder:
@@ -102,6 +127,7 @@ def main() -> None:
     p.add_argument("--files", type=int, default=1_000_000, help="content files (default 1,000,000)")
     p.add_argument("--prior", action="store_true", help="every pair already done by an earlier run")
     p.add_argument("--run", action="store_true", help="run the job for real instead of --dry-run")
+    p.add_argument("--missing", type=int, default=0, help="with --prior --run: pairs left to run (real photos)")
     p.add_argument("--root", default=None, help="where to build the tree (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the tree afterwards")
     args = p.parse_args()
@@ -115,11 +141,17 @@ def main() -> None:
             paint_style(512).save(style)
         if args.prior and not out.exists():
             _prior(content, style, out, args.files)
+        if args.missing:
+            _make_missing(content, out, style, args.missing)
         print(f"tree of {args.files:,} files ready in {time.perf_counter() - start:.0f} s under {root}", flush=True)
+        started = time.time()
         wall, peak, log = _measure([*_argv(content, style, out), *([] if args.run else ["--dry-run"])])
         print(log.rstrip())
         what = ("run" if args.run else "dry run") + f" over {args.files:,} files"
         print(f"{what}{' (all done before)' if args.prior else ''}: {wall:.1f} s, driver peak RSS {peak:.2f} GiB")
+        first = _first_pixel(log, started)
+        if first is not None:
+            print(f"time before the first pixel: {first:.0f} s")
         if (out / MANIFEST_DIR).exists():
             files = [str(f.relative_to(out)) for f in (out / MANIFEST_DIR).rglob("*.parquet")]
             print(f"manifest files: {len(files)} {sorted(files)[:4]}")

@@ -17,20 +17,21 @@ import argparse
 import collections
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
-
-def _kind(entry: dict) -> str:
-    """``LIST``, ``HEAD``, ``GET``, ``PUT``, ``DELETE`` or ``POST`` (multipart and batch deletes)."""
-    return "LIST" if entry["method"] == "GET" and "list-type=" in entry["url"] else entry["method"]
+# One recorded request: the server's recorder writes a JSON object per request, from several
+# threads at once (so lines may run into each other); the method and URL are found by pattern.
+_REQUEST = re.compile(r'"method": "([A-Z]+)", "url": "([^"]*)"')
 
 
 def _count(path: Path) -> collections.Counter:
+    """Requests recorded so far by kind (``LIST``, ``HEAD``, ``GET``, ``PUT``, ...); clears the record."""
     found: collections.Counter = collections.Counter()
     if path.exists():
-        for line in path.read_text().splitlines():
-            found[_kind(json.loads(line))] += 1
+        for method, url in _REQUEST.findall(path.read_text()):
+            found["LIST" if method == "GET" and "list-type=" in url else method] += 1
         path.unlink()
     return found
 

@@ -215,7 +215,7 @@ class RunPlan:
                 parts.append(f"{tally.count} {label}{f' ({detail})' if detail else ''}: {names}{more}")
             lines.append(f"{self.to_run} to run: " + "; ".join(parts))
         if self.refused.count:
-            shown = "; ".join(text for *_, text in self.refused.first)
+            shown = "; ".join(dict.fromkeys(text for *_, text in self.refused.first))  # each error once
             more = " ..." if self.refused.count > len(self.refused.first) else ""
             lines.append(f"{self.refused.count} refused: {shown}{more}")
         return lines

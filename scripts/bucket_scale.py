@@ -11,7 +11,10 @@ with the settings this job computes, in a single Parquet file of the layout earl
 wrote (``_manifest/part-<run>-000000.parquet``), so the report must say ``0 to run``. With
 ``--run`` the job runs for real instead of ``--dry-run``: with ``--prior`` it starts no Ray
 (nothing to run) but folds the manifest into its current state, which the script then lists.
-``--missing N`` (with ``--prior --run``) makes the first ``N`` content files real 64x48 photos
+Both the prior manifest and the runs use ``ULTRASTYLE_CODE_VERSION=bucket-scale``, so a commit in
+between does not change the fingerprints. A ``--run`` is preceded by a dry run and refused when
+it would stylize more pairs than ``--missing``. ``--missing N`` (with ``--prior --run``) makes
+the first ``N`` content files real 64x48 photos
 and removes their outputs, so ``N`` pairs run, and reports the time before the first pixel:
 from the job's start to the start of its first pair, Ray's start and the model load included.
 """
@@ -34,7 +37,7 @@ import pyarrow.parquet as pq
 from jobs.bench import photo_file
 from jobs.samples import paint_style
 from jobs.stylize import build_options, build_parser
-from pipeline.batch.fingerprint import SettingsBook
+from pipeline.batch.fingerprint import CODE_VERSION_ENV, SettingsBook
 from pipeline.batch.listing import iter_keys
 from pipeline.batch.manifest import MANIFEST_DIR, SCHEMA, new_run_id
 from pipeline.batch.planning import PairPlanner
@@ -132,6 +135,8 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the tree afterwards")
     args = p.parse_args()
 
+    # One code version for the prior manifest and every run: a commit in between must not change the fingerprints.
+    os.environ[CODE_VERSION_ENV] = "bucket-scale"
     root = Path(args.root or tempfile.mkdtemp(prefix="ultrastyle-scale-"))
     content, out, style = root / "in", root / "out", root / "style.jpg"
     try:
@@ -139,11 +144,15 @@ def main() -> None:
         if not content.exists():
             _tree(content, args.files, ".jpg")
             paint_style(512).save(style)
-        if args.prior and not out.exists():
+        if args.prior and not (out / MANIFEST_DIR).exists():
             _prior(content, style, out, args.files)
         if args.missing:
             _make_missing(content, out, style, args.missing)
         print(f"tree of {args.files:,} files ready in {time.perf_counter() - start:.0f} s under {root}", flush=True)
+        if args.run:
+            planned = re.search(r"\((\d+) to run,", _measure([*_argv(content, style, out), "--dry-run"])[2])
+            if planned is None or int(planned[1]) > args.missing:
+                raise SystemExit(f"refusing to run: the dry run plans {planned[1] if planned else '?'} pairs")
         started = time.time()
         wall, peak, log = _measure([*_argv(content, style, out), *([] if args.run else ["--dry-run"])])
         print(log.rstrip())

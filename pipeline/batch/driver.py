@@ -371,6 +371,7 @@ class _Job:
             [done] = self.pool.run([call])
         except Exception as e:
             log.warning("a call of %d images failed (%s); running them one by one", len(batch), one_line_error(e))
+            self.progress.tiles(len(batch))  # the call is over; each pair counts its own again
             return [self._run_pair(pair, style, size) for pair, size in batch]
         rows = []
         for (pair, size), info in zip(batch, done.value, strict=True):

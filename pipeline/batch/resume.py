@@ -113,10 +113,14 @@ class _Spill:
 
     def __init__(self, folder: str, name: str, schema: pa.Schema, n: int) -> None:
         self.paths = [os.path.join(folder, f"{name}-{p:04d}.arrow") for p in range(n)]
-        self.schema = schema
         self._writers = [ipc.new_stream(path, schema) for path in self.paths]
 
+    def write(self, p: int, table: pa.Table) -> None:
+        """Append ``table`` to partition ``p``."""
+        self._writers[p].write_table(table)
+
     def add(self, table: pa.Table, by: str) -> None:
+        """Append each row of ``table`` to the partition of its column ``by``'s hash."""
         n = len(self._writers)
         if n == 1:
             self._writers[0].write_table(table)
@@ -150,7 +154,6 @@ class RunPlan:
     """What a run does, with the pairs to run streamed back from local spill files.
 
     Attributes:
-        workdir: the local folder of the spill files (the caller's, kept while the pairs stream).
         contents: content keys listed.
         pairs: pairs planned.
         skipped: pairs done before with the same settings and their output present.
@@ -160,7 +163,6 @@ class RunPlan:
         folded: manifest files folded into a new current state (0 when not folded).
     """
 
-    workdir: str
     contents: int = 0
     pairs: int = 0
     skipped: int = 0
@@ -219,6 +221,7 @@ class RunPlan:
             more = " ..." if self.refused.count > len(self.refused.first) else ""
             lines.append(f"{self.refused.count} refused: {shown}{more}")
         return lines
+
 
 def _rows(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, str, str, str, int, str]]:
     for batch in batches:
@@ -423,7 +426,7 @@ def plan_run(
         FileNotFoundError: no content key was listed.
     """
     os.makedirs(workdir, exist_ok=True)
-    result = RunPlan(workdir, _book=book)
+    result = RunPlan(_book=book)
     result.contents = _spill_keys(keys, os.path.join(workdir, "contents.arrow"))
     result.pairs = result.contents * len(planner.styles)
     state_rows, other_rows = manifest.rows(manifest.state), manifest.rows(manifest.others)
@@ -463,8 +466,8 @@ def plan_run(
         for p in range(n):
             manifest_rows = rows.read(p) if rows is not None else _empty_rows(columns)
             decided = _decide(plans.read(p), outputs.read(p), manifest_rows, book, overwrite=overwrite)
-            result._todo._writers[p].write_table(decided.todo)
-            result._refused._writers[p].write_table(decided.refused)
+            result._todo.write(p, decided.todo)
+            result._refused.write(p, decided.refused)
             result.skipped += decided.skipped
             _tally(decided.todo, result.reasons)
             _tally_refused(decided.refused, result.refused)

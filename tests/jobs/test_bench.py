@@ -52,7 +52,7 @@ def test_bench_refuses_cuda_without_a_gpu_in_one_line(capsys):
     assert err == ["ultrastyle bench: error: --device cuda: torch sees no CUDA GPU on this machine"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
+@pytest.mark.cuda
 def test_bench_on_cuda_reports_gpu_memory_and_psnr(weights_dir, capsys):
     assert main(["--device", "cuda", "--size", "1280x720", "--tile", "256", "--precision", "bf16",
                  "--weights", str(weights_dir), "--json"]) == 0

@@ -272,7 +272,8 @@ file_runs() {
   shift 2
   local help
   help=$(ultrastyle stylize --help)
-  has_flag() { grep -qE -- "^ +(-[a-zA-Z], )?$1([ =,]|\$)" <<<"$help"; }
+  # An option's own line (two spaces in), not a mention in another option's help text.
+  has_flag() { grep -qE -- "^  (-[a-zA-Z], )?$1([ =,]|\$)" <<<"$help"; }
   local flags=(--tile "$TILE")
   if has_flag --device; then
     flags+=(--device auto)

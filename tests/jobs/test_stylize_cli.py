@@ -187,7 +187,7 @@ def test_a_batch_refuses_a_device_its_actors_cannot_honour(small_batch, weights_
     assert not out.exists()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
+@pytest.mark.cuda
 def test_stylize_uses_cuda_without_a_flag(weights_dir, content_dir, style_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="ultrastyle")
     out = tmp_path / "out.png"

@@ -15,6 +15,7 @@ flag, 1 otherwise; it is found before any pixel is stylized.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -35,7 +36,7 @@ from pipeline.engine.tiled import tile_rounds
 from pipeline.imaging.imageio import IMAGE_EXTENSIONS, ImageError, image_size, output_format
 from pipeline.imaging.tiles import plan_tiles
 from pipeline.options import MODES, PRECISIONS, BatchOptions, OptionError, StyleOptions
-from pipeline.progress import ProgressLine, TileProgress
+from pipeline.progress import TileProgress
 
 __all__ = ["build_options", "build_parser", "main"]
 
@@ -194,31 +195,31 @@ def _run_single(options: BatchOptions) -> int:
     style = style_levels(styles, weights=style_options.style_weights, masked=mask is not None)
     log.info("models %s loaded (on %s, %s, %d tile(s) per network call) and style statistics ready in %.1f s",
              models.model_id, models.device, models.precision, models.tile_batch, time.perf_counter() - start)
-    line = ProgressLine(log, seconds=options.progress_seconds)
     progress = None
     if size is not None:
         width, height = size
         mode = choose_mode(style_options.mode, height, width, style_options.tile)
         if mode != "whole":
             tiles = len(plan_tiles(height, width, tile=style_options.tile))
-            progress = TileProgress(tile_rounds(tiles, len(models.levels), exact=mode == "exact"), line)
-    report = stylize_file(
-        content,
-        output,
-        style,
-        models,
-        mode=style_options.mode,
-        tile=style_options.tile,
-        alpha=style_options.alpha,
-        max_pixels=style_options.max_pixels,
-        quality=style_options.quality,
-        storage_options=storage_options,
-        on_level=lambda level, s: log.info("level %d done in %.2f s", level, s),
-        on_tile=progress,
-        mask_uri=mask,
-        preserve_color=style_options.preserve_color,
-    )
-    line.close()
+            progress = TileProgress(tile_rounds(tiles, len(models.levels), exact=mode == "exact"), log,
+                                    seconds=options.progress_seconds)
+    with progress if progress is not None else contextlib.nullcontext():
+        report = stylize_file(
+            content,
+            output,
+            style,
+            models,
+            mode=style_options.mode,
+            tile=style_options.tile,
+            alpha=style_options.alpha,
+            max_pixels=style_options.max_pixels,
+            quality=style_options.quality,
+            storage_options=storage_options,
+            on_level=lambda level, s: log.info("level %d done in %.2f s", level, s),
+            on_tile=progress,
+            mask_uri=mask,
+            preserve_color=style_options.preserve_color,
+        )
     total = time.perf_counter() - start
     log.info(
         "wrote %s (%dx%d, %s mode, %d tiles) in %.1f s (%.3f MP/s)",

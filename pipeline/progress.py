@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import TextIO
 
 from tqdm import tqdm
@@ -73,8 +72,8 @@ class ProgressDisplay:
         stream: the terminal the bar is drawn on, when it is one (default ``sys.stderr``).
 
     Note:
-        Thread-safe: pairs' threads may redraw while the driver shows. Call :meth:`close` (or
-        use it as a context manager) so the log handlers are restored.
+        Thread-safe: pairs' threads may redraw while the driver shows. Call :meth:`close`
+        (``contextlib.closing``) so the log handlers are restored.
     """
 
     def __init__(
@@ -153,14 +152,6 @@ class ProgressDisplay:
                 self._bar = None
             self._redirect.close()
 
-    def __enter__(self) -> ProgressDisplay:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.close()
-
 
 class TileProgress:
     """Tile rounds of one image, with an ETA: pass it as the engine's ``on_tile``.
@@ -191,14 +182,6 @@ class TileProgress:
     def close(self) -> None:
         """End the bar (see :meth:`ProgressDisplay.close`)."""
         self._display.close()
-
-    def __enter__(self) -> TileProgress:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class BatchProgress:

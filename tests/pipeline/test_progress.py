@@ -92,13 +92,13 @@ def _run_on_terminal(argv: list[str], *, timeout: float = 300) -> tuple[int, lis
 
 
 _PROGRESS_SCRIPT = """
-import logging, sys, time
+import contextlib, logging, sys, time
 from pipeline.progress import BatchProgress, TileProgress
 logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
 log = logging.getLogger("ultrastyle")
 log.setLevel(logging.INFO)
 log.info("before the work")
-with TileProgress(4, log, seconds=60) as tiles:
+with contextlib.closing(TileProgress(4, log, seconds=60)) as tiles:
     for level in range(4):
         tiles(1)
         log.info("level %d done", level)

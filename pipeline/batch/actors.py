@@ -26,7 +26,7 @@ import ray
 import torch
 
 from pipeline.batch.manifest import one_line_error
-from pipeline.batch.transient import is_transient
+from pipeline.batch.transient import is_transient, quiet_storage_faults
 from pipeline.engine.models import load_model_set
 from pipeline.engine.precision import DEFAULT_PRECISION, Precision, tf32_flags
 from pipeline.engine.runner import Mode, RunReport, StyleLevels, StyleStats, load_style, read_content, stylize_file
@@ -133,6 +133,7 @@ def cut_image(
         ImageError: the input is missing, not an image, corrupt, over ``max_pixels``, or
             decodes to another size than its header said.
     """
+    quiet_storage_faults()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ultrastyle-cut-") as workdir:
         image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
@@ -180,6 +181,7 @@ def write_chunks(
         quality: JPEG/WebP quality.
         storage_options: passed to the output filesystem.
     """
+    quiet_storage_faults()
     start = time.perf_counter()
     pixels, alphas = chunks[: len(rects)], chunks[len(rects) :]
     canvas = ChunkCanvas(3, *canvas_size(height, width), zip(rects, pixels, strict=True))
@@ -225,6 +227,7 @@ class ModelActor:
         precision: Precision = DEFAULT_PRECISION,
         tile_batch: int | None = None,
     ) -> None:
+        quiet_storage_faults()
         torch.set_num_threads(threads)
         self.models = load_model_set(weights, device=device, storage_options=storage_options, precision=precision,
                                      tile_batch=tile_batch)

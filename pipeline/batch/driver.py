@@ -68,7 +68,7 @@ from pipeline.batch.manifest import (
 from pipeline.batch.planning import PairPlanner
 from pipeline.batch.preflight import BatchChecks, check_actor_device, check_batch, check_placement, default_workers
 from pipeline.batch.resume import RunPlan, plan_run
-from pipeline.batch.transient import Backoff, is_transient
+from pipeline.batch.transient import Backoff, is_transient, quiet_storage_faults
 from pipeline.engine.controls import join_styles, mask_for, split_styles, style_levels
 from pipeline.engine.device import resolve_device
 from pipeline.engine.runner import StyleStats
@@ -77,7 +77,7 @@ from pipeline.imaging.chunks import intersection
 from pipeline.imaging.imageio import check_pixels, image_size
 from pipeline.imaging.tiles import Rect, canvas_size, plan_tiles
 from pipeline.options import BatchOptions, StyleOptions
-from pipeline.progress import BatchProgress, ProgressLine
+from pipeline.progress import BatchProgress
 
 __all__ = ["STORE_BYTES_PER_PIXEL", "BatchSettings", "run_batch"]
 
@@ -258,7 +258,6 @@ class _Job:
         info = pool.infos[0]
         self.model_id = info.model_id
         self.geometry = cascade_geometry(info.channels)
-        self.line = ProgressLine(log, seconds=settings.progress_seconds)
         self.backoff = Backoff(tries=settings.retries + 1, first=_RETRY_SECONDS, longest=_RETRY_LONGEST)
         self._unwritten: list[ManifestRow] = []
 
@@ -501,10 +500,9 @@ class _Job:
                         self.record(future.result())
                 self.flush()
                 self.progress.in_flight = admission.images
-                self.line.show(self.progress.text())
+                self.progress.show()
         self.flush()
-        self.line.show(self.progress.text(), force=True)
-        self.line.close()
+        self.progress.close()
 
 
 @dataclass
@@ -700,6 +698,7 @@ def run_batch(options: BatchOptions) -> int:
             (:func:`~pipeline.batch.preflight.check_batch`).
     """
     start = time.perf_counter()
+    quiet_storage_faults()
     check_actor_device(options.style_options.device, options.gpus_per_worker)
     style_options, output = options.style_options, options.output_uri
     storage_options, mask = style_options.storage_options, style_options.mask
@@ -734,7 +733,7 @@ def run_batch(options: BatchOptions) -> int:
 def _run(options: BatchOptions, plan: RunPlan, checks: BatchChecks, run_id: str, start: float) -> int:
     """Write the refused rows, run the pairs to run, close the manifest and say how it went."""
     writer = ManifestWriter(options.output_uri, run_id=run_id, storage_options=options.style_options.storage_options)
-    progress = BatchProgress(total_pairs=plan.pairs)
+    progress = BatchProgress(plan.pairs, log, seconds=options.progress_seconds)
     progress.pair("skipped", count=plan.skipped)
     for table in plan.refused_rows():
         writer.write(table)
@@ -748,6 +747,7 @@ def _run(options: BatchOptions, plan: RunPlan, checks: BatchChecks, run_id: str,
         log.error("%s", e)
         status = 1
     finally:
+        progress.close()
         if started_ray:
             ray.shutdown()
     c = progress.counts

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["Backoff", "causes", "is_transient", "retry_transient"]
+__all__ = ["Backoff", "causes", "is_transient", "quiet_storage_faults", "retry_transient"]
 
 log = logging.getLogger("ultrastyle.batch")
 
@@ -126,3 +126,24 @@ def retry_transient(
                       backoff.tries - 1)
             sleep(wait)
             attempt += 1
+
+
+class _StorageFaultFilter(logging.Filter):
+    """Drops a log record that carries a transient storage fault as its exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not is_transient(error)
+
+
+def quiet_storage_faults() -> None:
+    """Keep asyncio's reports of storage faults out of this process's log (idempotent).
+
+    When a connection drops mid-request, the S3 client's event loop may be left with a task
+    whose exception nobody awaits, and asyncio logs it with its traceback ("Task exception was
+    never retrieved") although the request's caller got the error and retries it. Those reports
+    are dropped; asyncio's other messages stay.
+    """
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _StorageFaultFilter) for f in logger.filters):
+        logger.addFilter(_StorageFaultFilter())

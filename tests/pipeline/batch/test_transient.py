@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from pipeline.batch.transient import Backoff, is_transient, retry_transient
+from pipeline.batch.transient import Backoff, is_transient, quiet_storage_faults, retry_transient
 from pipeline.imaging.imageio import ImageError
 
 
@@ -108,3 +109,16 @@ def test_retry_transient_raises_a_permanent_error_at_once():
     with pytest.raises(PermissionError):
         retry_transient(denied, backoff=Backoff(tries=5), what="w", sleep=waits.append)
     assert waits == []
+
+
+def test_asyncio_reports_of_storage_faults_are_dropped_and_others_kept(caplog):
+    quiet_storage_faults()
+    quiet_storage_faults()  # once is enough: no second filter
+    logger = logging.getLogger("asyncio")
+    assert len(logger.filters) == len({type(f) for f in logger.filters})
+    for error in (ConnectionResetError(errno.ECONNRESET, "reset by peer"), ValueError("a real bug")):
+        try:
+            raise error
+        except Exception:
+            logger.error("Task exception was never retrieved", exc_info=True)
+    assert [r.exc_info[0] for r in caplog.records if r.name == "asyncio"] == [ValueError]

@@ -85,11 +85,9 @@ def test_hundreds_of_small_images_leave_a_few_manifest_files_and_a_rerun_skips_t
     argv = _argv(str(source), str(out), style, weights_dir, "--batch-images", "8")
     first = _job(argv)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert first.stderr.strip().splitlines()[-1].endswith(
-        "done: 300 pairs: 300 ok, 0 skipped, 0 failed; 0.31 MP stylized in " + first.stderr.split(
-            "0.31 MP stylized in ")[-1].strip())
+    assert "done: 300 pairs: 300 ok, 0 skipped, 0 failed; 0.31 MP stylized in" in first.stderr.strip().splitlines()[-1]
     assert "Traceback" not in first.stderr
-    assert len(_manifest_files(out)) <= 10
+    assert [p.parent.parent.name for p in _manifest_files(out)] == ["runs"]  # the run compacted into one file
     table = read_manifest(str(out))
     assert table.num_rows == 300 and set(table["status"].to_pylist()) == {"ok"}
     assert {row["mode"] for row in table.to_pylist()} == {"whole"}

@@ -23,12 +23,15 @@ from pathlib import PurePosixPath
 
 from fsspec.core import url_to_fs
 
+from jobs.logs import setup_logging
+from jobs.signals import Stopped, stop_on_signals
 from pipeline.batch.preflight import UsageError, check_format, check_output_location
 from pipeline.engine.controls import check_mask_size, check_weights, parse_weights, style_levels
 from pipeline.engine.models import load_model_set
 from pipeline.engine.precision import DEFAULT_PRECISION, PRECISIONS
 from pipeline.engine.runner import MODES, choose_mode, load_style, stylize_file
 from pipeline.engine.tiled import tile_rounds
+from pipeline.errors import one_line_error
 from pipeline.imaging.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, image_size, output_format
 from pipeline.imaging.tiles import TILE_ALIGN, plan_tiles
 from pipeline.progress import ProgressLine, TileProgress
@@ -101,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="actor restarts and retries of calls and tasks lost with a worker (batch; default 3)")
     p.add_argument("--progress-seconds", type=float, default=10.0,
                    help="interval of the progress line when stderr is not a terminal (default 10)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug lines, a traceback with each failure, and libvips' and Ray's own warnings")
     return p
 
 
@@ -198,23 +203,25 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
         if mode != "whole":
             tiles = len(plan_tiles(height, width, tile=args.tile))
             progress = TileProgress(tile_rounds(tiles, len(models.levels), exact=mode == "exact"), line)
-    report = stylize_file(
-        content,
-        args.output,
-        style,
-        models,
-        mode=args.mode,
-        tile=args.tile,
-        alpha=args.alpha,
-        max_pixels=args.max_pixels,
-        quality=args.quality,
-        storage_options=args.storage_options,
-        on_level=lambda level, s: log.info("level %d done in %.2f s", level, s),
-        on_tile=progress,
-        mask_uri=args.mask,
-        preserve_color=args.preserve_color,
-    )
-    line.close()
+    try:
+        report = stylize_file(
+            content,
+            args.output,
+            style,
+            models,
+            mode=args.mode,
+            tile=args.tile,
+            alpha=args.alpha,
+            max_pixels=args.max_pixels,
+            quality=args.quality,
+            storage_options=args.storage_options,
+            on_level=lambda level, s: log.info("level %d done in %.2f s", level, s),
+            on_tile=progress,
+            mask_uri=args.mask,
+            preserve_color=args.preserve_color,
+        )
+    finally:
+        line.close()  # a failure or a stop starts its line on a line of its own
     total = time.perf_counter() - start
     log.info(
         "wrote %s (%dx%d, %s mode, %d tiles) in %.1f s (%.3f MP/s)",
@@ -231,9 +238,17 @@ def _run_batch(args: argparse.Namespace, content: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    log.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
+    setup_logging(verbose=args.verbose)
+    try:
+        with stop_on_signals():
+            return _main(args)
+    except Stopped as e:
+        print(f"{PROG}: stopped by {e.name}", file=sys.stderr)
+        return e.status
+
+
+def _main(args: argparse.Namespace) -> int:
     content = args.content or args.input
     try:
         if content is None:
@@ -247,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         if _is_single(content, args.storage_options):
             return _run_single(args, content)
         return _run_batch(args, content)
-    except (ImageError, ValueError, OSError, RuntimeError) as e:  # WeightsError is a RuntimeError
-        message = " ".join(str(e).split()) or type(e).__name__  # one line, however the library wrapped it
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+    except Exception as e:
+        log.debug("%s failed", PROG, exc_info=True)
+        print(f"{PROG}: error: {one_line_error(e)}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
 
 

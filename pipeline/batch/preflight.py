@@ -26,9 +26,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from models import WeightSet, resolve_weights
 from pipeline.batch.fingerprint import code_version, pair_settings, style_digest, weights_digests
-from pipeline.batch.manifest import Pair, join_uri, one_line_error, with_settings
+from pipeline.batch.manifest import Pair, join_uri, with_settings
 from pipeline.engine.controls import control_settings, join_styles, mask_for, split_styles
 from pipeline.engine.models import check_cascade_levels
+from pipeline.errors import one_line_error
 from pipeline.imaging.imageio import ImageError, check_pixels, image_size, output_format, write_bytes
 
 __all__ = [

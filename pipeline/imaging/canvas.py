@@ -15,13 +15,17 @@ values in [0, 1] written to an integer canvas are rounded to its levels.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import DTypeLike
 
+from pipeline.errors import DiskFullError, is_disk_full
 from pipeline.imaging.tiles import Rect
 
 __all__ = ["CANVAS_DTYPES", "Canvas", "DiskCanvas", "MemoryCanvas", "open_canvas", "reflect_pad_canvas"]
@@ -104,7 +108,19 @@ class DiskCanvas:
         self.path = path
         self._pixel = channels * self.dtype.itemsize
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self._fd, height * width * self._pixel)
+        with self._naming_a_full_disk():
+            os.ftruncate(self._fd, height * width * self._pixel)
+
+    @contextlib.contextmanager
+    def _naming_a_full_disk(self) -> Iterator[None]:
+        """Raise a full disk as :class:`~pipeline.errors.DiskFullError` naming this file and its
+        file system (the file is sparse: blocks are taken as rows are written)."""
+        try:
+            yield
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFullError.at(self.path) from e
+            raise
 
     def _offset(self, y: int, x: int) -> int:
         return (y * self.width + x) * self._pixel
@@ -118,8 +134,11 @@ class DiskCanvas:
 
     def write(self, rect: Rect, values: np.ndarray) -> None:
         rows = np.ascontiguousarray(_as_stored(values.transpose(1, 2, 0), self.dtype))
-        for i in range(rect.height):
-            os.pwrite(self._fd, memoryview(rows[i]).cast("B"), self._offset(rect.y0 + i, rect.x0))
+        with self._naming_a_full_disk():
+            for i in range(rect.height):
+                data = memoryview(rows[i]).cast("B")
+                if os.pwrite(self._fd, data, self._offset(rect.y0 + i, rect.x0)) != data.nbytes:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a short write: the disk filled up
 
     def close(self) -> None:
         os.close(self._fd)

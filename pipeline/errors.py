@@ -34,7 +34,15 @@ import re
 import shutil
 import tempfile
 
-__all__ = ["ERROR_CHARS", "DiskFullError", "escape_controls", "is_disk_full", "one_line_error"]
+__all__ = [
+    "ERROR_CHARS",
+    "DiskFullError",
+    "LocationError",
+    "MissingLocationError",
+    "escape_controls",
+    "is_disk_full",
+    "one_line_error",
+]
 
 # Longest line kept: enough for a URI and a reason, short enough for a table view or a terminal.
 ERROR_CHARS = 400
@@ -53,6 +61,17 @@ def escape_controls(text: str) -> str:
         return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
     return _CONTROLS.sub(escape, text)
+
+
+class LocationError(OSError):
+    """A storage location (the input, the output, a mask folder) cannot be listed or written.
+
+    The message names the location and says why: it is the line a person reads.
+    """
+
+
+class MissingLocationError(LocationError, FileNotFoundError):
+    """A storage location does not exist (a missing bucket, prefix or folder)."""
 
 
 class DiskFullError(OSError):

@@ -28,7 +28,7 @@ from fsspec.core import url_to_fs
 
 from pipeline.batch.fingerprint import changes, fingerprint
 from pipeline.engine.controls import style_stem
-from pipeline.errors import one_line_error
+from pipeline.errors import LocationError, MissingLocationError, one_line_error
 from pipeline.imaging.imageio import ImageError, output_format, write_bytes
 
 __all__ = [
@@ -189,8 +189,9 @@ def list_inputs(
     it lies inside the input) are left out.
 
     Raises:
-        FileNotFoundError: the input holds no file (missing bucket, prefix or folder).
-        OSError: the listing itself failed (unreachable endpoint, access denied); the
+        MissingLocationError: the input holds no file (missing bucket, prefix or folder);
+            a ``FileNotFoundError``.
+        LocationError: the listing itself failed (unreachable endpoint, access denied); the
             message names the URI and the cause in one line.
     """
     fs, root = url_to_fs(input_uri, **(storage_options or {}))
@@ -199,9 +200,9 @@ def list_inputs(
     try:
         found = fs.find(root)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"input {input_uri} does not exist ({e})") from e
+        raise MissingLocationError(f"input {input_uri} does not exist ({e})") from e
     except Exception as e:
-        raise OSError(f"cannot list input {input_uri}: {one_line_error(e)}") from e
+        raise LocationError(f"cannot list input {input_uri}: {one_line_error(e)}") from e
     uris = []
     for path in sorted(found):
         if excluded and (path + "/").startswith(excluded):
@@ -210,7 +211,7 @@ def list_inputs(
         if relative and not _skipped(relative):
             uris.append(join_uri(input_uri, relative))
     if not uris:
-        raise FileNotFoundError(f"input {input_uri} holds no files")
+        raise MissingLocationError(f"input {input_uri} holds no files")
     return uris
 
 
@@ -266,8 +267,8 @@ def existing_files(uri: str, storage_options: dict[str, Any] | None = None) -> s
     """Filesystem paths (as ``url_to_fs`` strips them) of every file under ``uri``.
 
     Raises:
-        FileNotFoundError, OSError: the output location cannot be listed (missing bucket,
-            unreachable endpoint); one line naming the URI.
+        MissingLocationError, LocationError: the output location cannot be listed (missing
+            bucket, unreachable endpoint); one line naming the URI.
     """
     fs, root = url_to_fs(uri, **(storage_options or {}))
     try:
@@ -275,9 +276,9 @@ def existing_files(uri: str, storage_options: dict[str, Any] | None = None) -> s
             return set()
         return set(fs.find(root.rstrip("/")))
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"output {uri} is not reachable ({e})") from e
+        raise MissingLocationError(f"output {uri} is not reachable ({e})") from e
     except Exception as e:
-        raise OSError(f"cannot list output {uri}: {one_line_error(e)}") from e
+        raise LocationError(f"cannot list output {uri}: {one_line_error(e)}") from e
 
 
 def _stripped(uri: str, storage_options: dict[str, Any] | None) -> str:

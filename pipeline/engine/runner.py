@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from pipeline.imaging.imageio import (
 )
 from pipeline.imaging.output import write_canvas
 from pipeline.imaging.tiles import Rect, canvas_size, plan_tiles
+from pipeline.options import DEFAULT_QUALITY, DEFAULT_TILE, MODES, Mode, check_mode
 
 __all__ = [
     "MODES",
@@ -46,8 +47,6 @@ __all__ = [
     "stylize_image",
 ]
 
-MODES = ("auto", "whole", "exact", "thumbnail")
-Mode = Literal["auto", "whole", "exact", "thumbnail"]
 StyleStats = dict[int, FeatureStats]
 # What the cascade colours with per level: one style's statistics, a blend, or one per mask label.
 StyleLevels = dict[int, StyleLevel]
@@ -90,9 +89,7 @@ def load_style(
 
 def choose_mode(mode: Mode, height: int, width: int, tile: int) -> str:
     """``auto`` -> ``whole`` when the padded image fits in one tile, else ``exact``."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode != "auto":
+    if check_mode(mode) != "auto":
         return mode
     ch, cw = canvas_size(height, width)
     return "whole" if max(ch, cw) <= tile else "exact"
@@ -104,7 +101,7 @@ def stylize_image(
     models: ModelSet,
     *,
     mode: Mode = "auto",
-    tile: int = 1024,
+    tile: int = DEFAULT_TILE,
     alpha: float = 1.0,
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
@@ -168,10 +165,10 @@ def stylize_file(
     models: ModelSet,
     *,
     mode: Mode = "auto",
-    tile: int = 1024,
+    tile: int = DEFAULT_TILE,
     alpha: float = 1.0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    quality: int = 95,
+    quality: int = DEFAULT_QUALITY,
     storage_options: dict[str, Any] | None = None,
     on_level: LevelCallback | None = None,
     on_tile: TileCallback | None = None,
@@ -218,7 +215,7 @@ def write_result(
     canvas: Canvas,
     image: LoadedImage | StreamedImage,
     *,
-    quality: int = 95,
+    quality: int = DEFAULT_QUALITY,
     storage_options: dict[str, Any] | None = None,
 ) -> None:
     """Write the stylized ``canvas`` of ``image`` with the input's alpha and ICC profile."""

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ERROR_CHARS, DiskFullError, escape_controls, is_disk_full, one_line_error
+from pipeline.errors import (
+    ERROR_CHARS,
+    DiskFullError,
+    MissingLocationError,
+    escape_controls,
+    is_disk_full,
+    one_line_error,
+)
 from pipeline.imaging.imageio import ImageError
 
 
@@ -29,6 +36,8 @@ def test_a_workers_error_is_unwrapped_and_other_libraries_keep_their_type_name()
     assert one_line_error(_Wrapped(KeyError("k"))) == "KeyError: 'k'"
     assert one_line_error(ConnectionError("reset\n  by peer, more detail")) == "ConnectionError: reset"
     assert one_line_error(RuntimeError()) == "RuntimeError"
+    missing = MissingLocationError("input s3://b/in does not exist (no such bucket)")
+    assert isinstance(missing, FileNotFoundError) and one_line_error(missing) == str(missing)
     assert len(one_line_error(ValueError("x" * 5000))) == ERROR_CHARS
 
 

@@ -34,7 +34,7 @@ from pipeline.engine.device import resolve_device
 from pipeline.engine.models import load_models
 from pipeline.engine.runner import choose_mode, load_style, stylize_file
 from pipeline.engine.tiled import tile_rounds
-from pipeline.errors import escape_controls, one_line_error
+from pipeline.errors import LocationError, escape_controls, one_line_error
 from pipeline.imaging.imageio import IMAGE_EXTENSIONS, ImageError, image_size, output_format
 from pipeline.imaging.tiles import plan_tiles
 from pipeline.options import MODES, PRECISIONS, BatchOptions, OptionError, StyleOptions
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "tile leaves it idle; 1 on the CPU, where batching does not help)")
     p.add_argument("--max-pixels", type=int, default=_style("max_pixels"), help="refuse larger images (default 1e9)")
     p.add_argument("--quality", type=int, default=_style("quality"), help="JPEG/WebP quality (default 95)")
-    p.add_argument("--storage-options", type=json.loads, default=_style("storage_options"),
+    p.add_argument("--storage-options", type=_json_object, default=_style("storage_options"),
                    help='JSON passed to fsspec, e.g. \'{"client_kwargs": {"endpoint_url": "http://..."}}\'')
     p.add_argument("--format", default=_batch("format"), help="batch output extension (default: the input's)")
     p.add_argument("--overwrite", action="store_true",
@@ -128,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug lines, a traceback with each failure, and libvips' and Ray's own warnings")
     return p
+
+
+def _json_object(text: str) -> Any:
+    """``--storage-options``' JSON; a malformed one is refused with where it breaks, never with
+    its text (which may hold a secret key)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                                         "its text is not shown, as it may hold secrets") from None
 
 
 def _parse_weights(text: str | None) -> tuple[float, ...] | None:
@@ -162,11 +172,29 @@ def build_options(args: argparse.Namespace, content: str) -> BatchOptions:
 
 
 def _is_single(uri: str, storage_options: dict | None) -> bool:
-    """A file, or a name with an image extension that is not a folder (so a typo says 'no such file')."""
-    fs, path = url_to_fs(uri, **(storage_options or {}))
-    if fs.isfile(path):
-        return True
-    return PurePosixPath(path).suffix.lower() in IMAGE_EXTENSIONS and not fs.isdir(path)
+    """A file, or a name with an image extension that is not a folder (so a typo says 'no such file').
+
+    Raises:
+        LocationError: the input cannot be looked at (no credentials, an unreachable endpoint).
+    """
+    try:
+        fs, path = url_to_fs(uri, **(storage_options or {}))
+        if fs.isfile(path):
+            return True
+        return _names_an_image(path) and not fs.isdir(path)
+    except Exception as e:
+        raise LocationError(f"input {uri} cannot be read: {one_line_error(e)}") from e
+
+
+def _names_an_image(uri: str) -> bool:
+    """Whether ``uri`` ends like an image file (an input or output extension), not like a folder."""
+    if uri.endswith("/"):
+        return False
+    try:
+        output_format(uri)
+    except ImageError:
+        return PurePosixPath(uri).suffix.lower() in IMAGE_EXTENSIONS
+    return True
 
 
 def _run_single(options: BatchOptions) -> int:
@@ -183,14 +211,11 @@ def _run_single(options: BatchOptions) -> int:
     except ImageError as e:
         raise UsageError(f"--output {e}") from e
     check_output_location(output, storage_options, folder=False)
-    try:
-        size: tuple[int, int] | None = image_size(content, storage_options)
-    except ImageError:
-        if mask is not None:
-            raise
-        size = None  # stylize_file refuses the input below, with the decoder's own message
+    # The inputs' headers before the models load: a missing or unreadable file is said at once.
+    width, height = image_size(content, storage_options)
+    for uri in options.style_uris:
+        image_size(uri, storage_options)
     if mask is not None:
-        width, height = size
         check_mask_size(mask, height, width, storage_options)
     start = time.perf_counter()
     models = load_models(style_options)
@@ -200,13 +225,11 @@ def _run_single(options: BatchOptions) -> int:
     log.info("models %s loaded (on %s, %s, %d tile(s) per network call) and style statistics ready in %.1f s",
              models.model_id, models.device, models.precision, models.tile_batch, time.perf_counter() - start)
     line = ProgressLine(log, seconds=options.progress_seconds)
+    mode = choose_mode(style_options.mode, height, width, style_options.tile)
     progress = None
-    if size is not None:
-        width, height = size
-        mode = choose_mode(style_options.mode, height, width, style_options.tile)
-        if mode != "whole":
-            tiles = len(plan_tiles(height, width, tile=style_options.tile))
-            progress = TileProgress(tile_rounds(tiles, len(models.levels), exact=mode == "exact"), line)
+    if mode != "whole":
+        tiles = len(plan_tiles(height, width, tile=style_options.tile))
+        progress = TileProgress(tile_rounds(tiles, len(models.levels), exact=mode == "exact"), line)
     try:
         report = stylize_file(
             content,
@@ -265,6 +288,10 @@ def _main(args: argparse.Namespace) -> int:
         options = build_options(args, content)
         if _is_single(content, options.style_options.storage_options):
             return _run_single(options)
+        if _names_an_image(options.output_uri):
+            raise UsageError(f"--output {options.output_uri} names an image, but the input {content} is a folder or "
+                             "prefix: give an output folder or prefix, which gets one image per content image and "
+                             "style (end it with / to use this name as a folder)")
         return _run_batch(options)
     except Exception as e:
         log.debug("%s failed", PROG, exc_info=True)

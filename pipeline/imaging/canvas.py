@@ -4,7 +4,10 @@ The tiled engine keeps each level's input image and cached features on a canvas,
 process ever holds a full-resolution float array of a large image. :class:`DiskCanvas`
 stores pixels interleaved (``H, W, C``) in a raw file and moves one row segment per
 ``pread``/``pwrite``: nothing is memory-mapped, so resident memory follows the rectangles in
-use, not the image. :class:`MemoryCanvas` is the same interface over one array, for images
+use, not the image. Its file is unlinked as soon as it is made: the blocks belong to the open
+file alone and go back to the file system when the canvas is closed or the process ends,
+however it ends (a stop signal, SIGKILL, the OOM killer, Ray killing a worker), so a canvas is
+never left on disk. :class:`MemoryCanvas` is the same interface over one array, for images
 small enough to hold.
 
 A canvas stores float32, or the decoded file's own 8- or 16-bit integers: an 8-bit input
@@ -95,7 +98,8 @@ class DiskCanvas:
     """A canvas in a raw file of interleaved pixels, accessed row segment by row segment.
 
     Args:
-        path: file to create (removed by :meth:`close`).
+        path: file to create; it is unlinked at once (the name is kept for messages), and its
+            blocks are freed by :meth:`close` or the end of the process.
         channels, height, width: canvas shape.
         dtype: what is stored per channel (one of :data:`CANVAS_DTYPES`).
     """
@@ -108,6 +112,7 @@ class DiskCanvas:
         self.path = path
         self._pixel = channels * self.dtype.itemsize
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.unlink(path)
         with self._naming_a_full_disk():
             os.ftruncate(self._fd, height * width * self._pixel)
 
@@ -142,7 +147,6 @@ class DiskCanvas:
 
     def close(self) -> None:
         os.close(self._fd)
-        os.unlink(self.path)
 
 
 def open_canvas(

@@ -7,7 +7,9 @@ painted sample style, on ``--device`` in ``--precision``, and reports seconds pe
 of the process tree (sampled every 50 ms, and the kernel's own high-water mark of this
 process), on CUDA the peak GPU memory allocated, and the PSNR of the result against the fp32
 whole-image result on the same input (computed after the timed run; ``--no-psnr`` skips it).
-Run each configuration in a fresh process: the peak is per process.
+Run each configuration in a fresh process: the peak is per process. ``--warmup N`` runs the
+cascade N times untimed first: a GPU's first calls load kernels and create library handles,
+which would otherwise be counted in a run that takes milliseconds.
 
 That measures the cascade alone. From encoded file to encoded file, :func:`photo_file` makes
 an input of any size from a real photo and ``scripts/bench_table.py --files`` runs
@@ -162,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arithmetic of the networks (see ultrastyle stylize --help; default fp32)")
     p.add_argument("--tile-batch", type=int, default=default(StyleOptions, "tile_batch"),
                    help="equal-size tile regions per network call (default: 1 on cpu, 4 on cuda)")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="untimed runs of the cascade before the timed one (default 0; 1 on a GPU, whose first "
+                   "calls load kernels)")
     p.add_argument("--no-psnr", dest="psnr", action="store_false",
                    help="skip the fp32 whole-image reference run (it needs the whole image's activations in memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -173,8 +178,10 @@ def _check(args: argparse.Namespace) -> tuple[StyleOptions, int, int]:
 
     Raises:
         OptionError: a bad option flag, or ``--device cuda`` without a GPU.
-        ValueError: a bad ``--size``.
+        ValueError: a bad ``--size`` or ``--warmup``.
     """
+    if args.warmup < 0:
+        raise ValueError(f"--warmup cannot be negative, got {args.warmup}")
     options = options_from(StyleOptions, args)
     options = replace(options, device=resolve_device(options.device))
     try:
@@ -212,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         width, height = image.width, image.height
     else:
         image = LoadedImage(synthetic_image(height, width))
+    for _ in range(args.warmup):
+        with tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
+            canvas, _ = stylize_image(image, style, models, mode=options.mode, tile=options.tile, workdir=workdir)
+            canvas.close()
     clock = LevelClock(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -242,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "tiles": report.tiles,
         "tile_batch": models.tile_batch,
         "threads": torch.get_num_threads(),
+        "warmup": args.warmup,
         "seconds": round(wall, 3),
         "mp_per_s": float(f"{width * height / 1e6 / wall:.4g}"),
         "level_seconds": clock.seconds,

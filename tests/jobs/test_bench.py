@@ -36,6 +36,15 @@ def test_bench_reports_psnr_against_the_fp32_whole_image(weights_dir, capsys):
     assert "PSNR vs fp32 whole" in capsys.readouterr().out
 
 
+def test_bench_warms_up_untimed_and_refuses_a_negative_warmup(weights_dir, capsys):
+    argv = ["--size", "96x64", "--tile", "64", "--weights", str(weights_dir), "--threads", "1", "--no-psnr", "--json"]
+    assert main([*argv, "--warmup", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["warmup"] == 1 and set(result["level_seconds"]) == {"5", "4", "3", "2", "1"}
+    assert main([*argv, "--warmup", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "ultrastyle bench: error: --warmup cannot be negative, got -1"
+
+
 def test_bench_refuses_cuda_without_a_gpu_in_one_line(capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
@@ -58,7 +67,7 @@ def test_bench_refuses_bad_flags_in_one_line(capsys, flags, message):
     assert capsys.readouterr().err.strip().splitlines() == [f"ultrastyle bench: error: {message}"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
+@pytest.mark.cuda
 def test_bench_on_cuda_reports_gpu_memory_and_psnr(weights_dir, capsys):
     assert main(["--device", "cuda", "--size", "1280x720", "--tile", "256", "--precision", "bf16",
                  "--weights", str(weights_dir), "--json"]) == 0

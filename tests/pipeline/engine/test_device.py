@@ -11,7 +11,7 @@ from pipeline.engine.models import load_model_set, load_models
 from pipeline.options import OptionError, StyleOptions
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
+needs_cuda = pytest.mark.cuda
 
 
 @no_cuda

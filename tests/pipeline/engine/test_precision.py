@@ -30,7 +30,7 @@ TILE = 128
 # PSNR (8-bit) against the fp32 whole-image result, measured on this crop on the CPU
 # (bf16 31.7 dB, fp16 47.3 dB; tiled the same to 0.1 dB), asserted a little under.
 MIN_PSNR = {"fp32": float("inf"), "tf32": float("inf"), "bf16": 30.0, "fp16": 45.0}
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
+CUDA = pytest.mark.cuda
 
 
 @pytest.fixture(autouse=True)

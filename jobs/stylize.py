@@ -9,7 +9,10 @@
 
 An expected failure (a bad flag, a missing file, an unwritable output, weights that do not
 verify) is one line on stderr, ``ultrastyle stylize: error: ...``, and exit status 2 for a bad
-flag, 1 otherwise; it is found before any pixel is stylized.
+flag, 1 otherwise; it is found before any pixel is stylized. Any other failure is one line too
+(``--verbose`` adds its traceback). SIGTERM, SIGINT or SIGHUP stop the job with one line,
+``ultrastyle stylize: stopped by SIGTERM``, and status 128 + the signal's number, leaving
+nothing in ``TMPDIR`` (docs/faults.md).
 """
 
 from __future__ import annotations

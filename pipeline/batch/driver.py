@@ -453,7 +453,7 @@ class _Job:
         try:
             return self._run(pairs)
         except KeyboardInterrupt:
-            self.line.close()
+            self.progress.close()  # end a terminal's bar before the last line
             self.flush()  # the rows already reported reach the manifest
             raise
 

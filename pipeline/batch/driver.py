@@ -64,6 +64,7 @@ from pipeline.batch.manifest import (
     summarize,
 )
 from pipeline.batch.preflight import check_actor_device, check_batch, check_placement, default_workers
+from pipeline.batch.reaper import start as start_reaper
 from pipeline.engine.controls import join_styles, mask_for, split_styles, style_levels
 from pipeline.engine.device import resolve_device
 from pipeline.engine.runner import StyleStats
@@ -135,6 +136,8 @@ def _connect_ray() -> bool:
         # log, with its traceback, every error object nobody fetched: one per tile of the pair.
         os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     address = os.environ.get("RAY_ADDRESS")
+    if address is None:
+        start_reaper()  # ends Ray's agents too if this process is killed (see pipeline/batch/reaper.py)
     with _signal_handlers_kept():
         ray.init(address=address or "local")
     log.info("Ray: %s", f"joined the cluster at {address}" if address else "started a local instance")

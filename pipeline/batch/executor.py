@@ -84,6 +84,7 @@ def get_unless_stopping(ref: ray.ObjectRef, stop: threading.Event | None) -> Any
             return ray.get(ref, timeout=None if stop is None else STOP_POLL_SECONDS)
         except GetTimeoutError:
             if stop.is_set():
+                ray.cancel(ref)  # a task that is stopped now, while the cluster is up, ends without complaint
                 raise JobStopping from None
 
 
@@ -181,6 +182,8 @@ class ModelPool:
                 ready, _ = ray.wait(keys, num_returns=1, fetch_local=False, timeout=poll)
                 if not ready:
                     if self._stop.is_set():
+                        for ref in keys:  # cancelled now, while the cluster is up: no error logged later
+                            ray.cancel(ref)
                         raise JobStopping
                     continue
                 if len(keys) > 1:

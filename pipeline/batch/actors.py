@@ -126,22 +126,19 @@ def cut_image(
             decodes to another size than its header said.
     """
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ultrastyle-cut-") as workdir:
-        image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+    # Disk canvases are unlinked files: a worker that fails, or that Ray kills, leaves none behind.
+    image = read_content(content_uri, storage_options, workdir=tempfile.gettempdir(), max_pixels=max_pixels)
+    try:
         if (image.width, image.height) != (width, height):
             raise ImageError(f"{content_uri} decodes to {image.width}x{image.height}, its header says {width}x{height}")
         bounds = Rect(0, 0, height, width)
         cores = [t.core for t in plan_tiles(height, width, tile=tile)]
         canvas, alpha = image.canvas, image.alpha
         header = ImageHeader(width, height, alpha is not None, image.icc_profile, 0.0)
-        del image
-        try:
-            pixels = [compact(canvas.read(core)) for core in cores]
-            alphas = [None if alpha is None else compact(alpha.read(intersection(core, bounds))) for core in cores]
-        finally:
-            canvas.close()
-            if alpha is not None:
-                alpha.close()
+        pixels = [compact(canvas.read(core)) for core in cores]
+        alphas = [None if alpha is None else compact(alpha.read(intersection(core, bounds))) for core in cores]
+    finally:
+        image.close()
     header = dataclasses.replace(header, read_seconds=time.perf_counter() - start)
     return (header, *pixels, *alphas)
 

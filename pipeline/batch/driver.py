@@ -26,11 +26,14 @@ Ray and its calls retried; a pair whose objects or tasks were lost with a node i
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import ray
@@ -39,7 +42,15 @@ from ray.exceptions import RayError, RayTaskError
 
 from models import WeightSet
 from pipeline.batch.actors import CallInfo, ImageHeader, ModelActor, cut_image, write_chunks
-from pipeline.batch.executor import Call, ModelPool, NoActorsError, RayExecutor, tiles_per_call
+from pipeline.batch.executor import (
+    Call,
+    JobStopping,
+    ModelPool,
+    NoActorsError,
+    RayExecutor,
+    get_unless_stopping,
+    tiles_per_call,
+)
 from pipeline.batch.manifest import (
     ManifestRow,
     ManifestWriter,
@@ -47,17 +58,18 @@ from pipeline.batch.manifest import (
     existing_files,
     list_inputs,
     new_run_id,
-    one_line_error,
     plan_pairs,
     read_manifest,
     resume,
     summarize,
 )
 from pipeline.batch.preflight import check_actor_device, check_batch, check_placement, default_workers
+from pipeline.batch.reaper import start as start_reaper
 from pipeline.engine.controls import join_styles, mask_for, split_styles, style_levels
 from pipeline.engine.device import resolve_device
 from pipeline.engine.runner import StyleStats
 from pipeline.engine.tiled import cascade_geometry, run_levels, tile_rounds
+from pipeline.errors import MissingLocationError, one_line_error
 from pipeline.imaging.chunks import intersection
 from pipeline.imaging.imageio import check_pixels, image_size
 from pipeline.imaging.tiles import Rect, canvas_size, plan_tiles
@@ -119,10 +131,35 @@ def _connect_ray() -> bool:
     """
     if ray.is_initialized():
         return False
+    if not log.isEnabledFor(logging.DEBUG):
+        # Each failed pair is reported once, from the error the driver fetches; Ray would also
+        # log, with its traceback, every error object nobody fetched: one per tile of the pair.
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address or "local")
+    if address is None:
+        start_reaper()  # ends Ray's agents too if this process is killed (see pipeline/batch/reaper.py)
+    with _signal_handlers_kept():
+        ray.init(address=address or "local")
     log.info("Ray: %s", f"joined the cluster at {address}" if address else "started a local instance")
     return address is None
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Put back the stop signals' handlers that ``ray.init`` replaces.
+
+    ``ray.init`` sets a SIGTERM handler that exits at once, and the core worker it starts adds
+    a crash handler that turns SIGTERM into a stack dump and an abort; either way the job
+    would not get to stop its pairs and the Ray it started. With the handlers put back, a stop
+    signal reaches the job as it would without Ray (see ``jobs/signals.py``).
+    """
+    kept = {each: signal.getsignal(each) for each in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for each, handler in kept.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(each, handler)
 
 
 def _settings(options: BatchOptions) -> BatchSettings:
@@ -212,7 +249,13 @@ def _lost(error: BaseException) -> bool:
 
 
 class _Job:
-    """Runs the pairs on a started actor pool and returns their manifest rows."""
+    """Runs the pairs on a started actor pool and returns their manifest rows.
+
+    A stop signal (``KeyboardInterrupt``, see ``jobs/signals.py``) in the main thread sets
+    ``stop``: the pairs' threads leave their waits for Ray and end without a row (a rerun
+    runs those pairs), the rows already reported are written, and the signal goes on up to
+    the caller, which then shuts down the actors and a Ray it started.
+    """
 
     def __init__(
         self,
@@ -221,10 +264,11 @@ class _Job:
         writer: ManifestWriter,
         pool: ModelPool,
         progress: BatchProgress,
+        stop: threading.Event,
     ) -> None:
         self.options, self.settings, self.writer = options, settings, writer
         self.style_options = options.style_options
-        self.pool, self.progress = pool, progress
+        self.pool, self.progress, self.stop = pool, progress, stop
         info = pool.infos[0]
         self.model_id = info.model_id
         self.geometry = cascade_geometry(info.channels)
@@ -279,8 +323,8 @@ class _Job:
                 return
             style.stats, style.ref = done.value, ray.put(done.value)
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(len(styles), 2 * self.pool.alive))) as ex:
-            list(ex.map(load, styles.values()))
+        with self._threads(max(1, min(len(styles), 2 * self.pool.alive)), "style") as threads:
+            list(threads.map(load, styles.values()))
         for key in dict.fromkeys(keys):
             if key not in styles:
                 styles[key] = self._combine(key, [styles[uri] for uri in split_styles(key)])
@@ -307,12 +351,16 @@ class _Job:
                 self._stylize(pair, style, result)
                 return _row(pair, "ok", result, started=started, model_id=self.model_id)
             except Exception as e:
+                if self.stop.is_set():
+                    raise JobStopping from e  # no row: a rerun runs the pair
+                log.debug("%s x %s failed", pair.content_uri, pair.style_uri, exc_info=e)
                 if _lost(e) and attempt < self.settings.retries and self.pool.alive:
                     attempt += 1
                     wait = _RETRY_SECONDS * 2 ** (attempt - 1)
                     log.warning("%s x %s: %s; running the pair again in %.0f s (%d/%d)", pair.content_uri,
                                 pair.style_uri, one_line_error(e), wait, attempt, self.settings.retries)
-                    time.sleep(wait)  # an actor being restarted elsewhere is unavailable for a while
+                    if self.stop.wait(wait):  # an actor being restarted elsewhere is unavailable for a while
+                        raise JobStopping from e
                     continue
                 return _row(pair, "failed", result, started=started, model_id=self.model_id,
                             error=one_line_error(e))
@@ -333,7 +381,7 @@ class _Job:
             pair.content_uri, width=width, height=height, tile=style_options.tile, max_pixels=style_options.max_pixels,
             storage_options=style_options.storage_options,
         )
-        header: ImageHeader = ray.get(refs[0])
+        header: ImageHeader = get_unless_stopping(refs[0], self.stop)
         result.seconds["read"] = header.read_seconds
         alphas = refs[1 + n :] if header.has_alpha else []
         executor = RayExecutor(self.pool, refs[1 : 1 + n], tiles, canvas_size(height, width),
@@ -357,7 +405,7 @@ class _Job:
             quality=style_options.quality, storage_options=style_options.storage_options,
         )
         executor.image = []
-        result.seconds["write"] = ray.get(written)
+        result.seconds["write"] = get_unless_stopping(written, self.stop)
 
     def _stylize_in_one_call(self, pair: Pair, style: _Style, result: _PairResult) -> None:
         """One actor call reads, stylizes and writes (small images, ``whole``/``thumbnail`` modes)."""
@@ -391,7 +439,28 @@ class _Job:
         check_pixels(pair.content_uri, width, height, self.style_options.max_pixels)
         return width, height
 
+    @contextlib.contextmanager
+    def _threads(self, workers: int, name: str) -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+        """A thread pool that, when a stop signal leaves the block, sets :attr:`stop` before
+        waiting for its threads (which then leave their waits for Ray promptly)."""
+        threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name)
+        try:
+            yield threads
+        except KeyboardInterrupt:
+            self.stop.set()
+            raise
+        finally:
+            threads.shutdown(wait=True, cancel_futures=True)
+
     def run(self, pairs: Sequence[Pair]) -> list[ManifestRow]:
+        try:
+            return self._run(pairs)
+        except KeyboardInterrupt:
+            self.progress.close()  # end a terminal's bar before the last line
+            self.flush()  # the rows already reported reach the manifest
+            raise
+
+    def _run(self, pairs: Sequence[Pair]) -> list[ManifestRow]:
         styles = self._load_styles([p.style_uri for p in pairs])
         waiting: deque[tuple[Pair, _Style, tuple[int, int] | None]] = deque()
         for pair in pairs:
@@ -403,7 +472,7 @@ class _Job:
         self.flush()
         budget = self.settings.max_in_flight_mp
         running: dict[concurrent.futures.Future[ManifestRow], float] = {}
-        with concurrent.futures.ThreadPoolExecutor(self.settings.max_in_flight, thread_name_prefix="pair") as threads:
+        with self._threads(self.settings.max_in_flight, "pair") as threads:
             while waiting or running:
                 if not self.pool.alive:  # nothing can run them: fail them without reading them
                     self.record([self._failed(p, str(NoActorsError())) for p, _, _ in waiting])
@@ -520,7 +589,7 @@ def run_batch(options: BatchOptions) -> int:
         try:
             masks = set(list_inputs(mask, storage_options))
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"--mask {mask}: no such folder or prefix of masks") from e
+            raise MissingLocationError(f"--mask {mask}: no such folder or prefix of masks") from e
         contents = [c for c in contents if c not in masks]
     checks = check_batch(options)
     pairs = plan_pairs(contents, _style_keys(options), input_uri=options.input_uri, output_uri=options.output_uri,
@@ -571,6 +640,7 @@ def _run_pairs(
              settings.workers, settings.device, settings.cpus_per_worker, settings.gpus_per_worker,
              settings.max_in_flight, settings.max_in_flight_mp)
     actors = _start_actors(options.style_options, settings, run_id, weights)
+    stop = threading.Event()
     try:
         try:
             infos = ray.get([a.describe.remote() for a in actors])
@@ -579,8 +649,11 @@ def _run_pairs(
         for info in infos:
             log.info("actor %s ready: model %s on %s, %d tile(s) per network call (pid %d)", info.worker,
                      info.model_id, info.device, info.tile_batch, info.pid)
-        job = _Job(options, settings, writer, ModelPool(actors, infos), progress)
+        job = _Job(options, settings, writer, ModelPool(actors, infos, stop=stop), progress, stop)
         return job.run(pairs)
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        # Stopping, the actors end with the driver (Ray ends an owner's actors with it), and
+        # killing them under their queued calls would only log a line per call.
+        if not stop.is_set():
+            for actor in actors:
+                ray.kill(actor)

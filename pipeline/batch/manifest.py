@@ -28,6 +28,7 @@ from fsspec.core import url_to_fs
 
 from pipeline.batch.fingerprint import changes, fingerprint
 from pipeline.engine.controls import style_stem
+from pipeline.errors import LocationError, MissingLocationError, one_line_error
 from pipeline.imaging.imageio import ImageError, output_format, write_bytes
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "join_uri",
     "list_inputs",
     "new_run_id",
-    "one_line_error",
     "plan_pairs",
     "read_manifest",
     "resume",
@@ -52,8 +52,6 @@ __all__ = [
 
 MANIFEST_DIR = "_manifest"
 STATUSES = ("ok", "skipped", "failed")
-# Longest error kept in a row: enough for a URI and a reason, short enough for a table view.
-_ERROR_CHARS = 400
 _DEFAULT_EXT = ".png"
 
 SCHEMA = pa.schema(
@@ -170,41 +168,6 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def one_line_error(error: BaseException) -> str:
-    """The manifest's ``error`` text for an exception: its first line, without traceback.
-
-    An exception raised on a Ray worker arrives wrapped, carrying the original in ``cause``;
-    the original's message is the one that names the input and the reason. Image errors are
-    written as is (their message already says what is wrong with which URI); others get
-    their type name in front.
-    """
-    while getattr(error, "cause", None) is not None and error.cause is not error:
-        error = error.cause
-    lines = str(error).splitlines()
-    text = _raised_line(lines)
-    if text is None:
-        first = next((line.strip() for line in lines if line.strip()), "")
-        text = first if isinstance(error, ImageError) else f"{type(error).__name__}: {first}".rstrip(": ")
-    return text[:_ERROR_CHARS]
-
-
-def _raised_line(lines: list[str]) -> str | None:
-    """The ``Type: message`` line after the last frame of a traceback quoted in a message.
-
-    Ray quotes the remote traceback in some errors' text (an actor whose ``__init__``
-    raised, for one) without keeping the exception itself; the line that names what went
-    wrong is the one after the last ``File ...`` frame and its indented source lines.
-    """
-    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
-    if not frames:
-        return None
-    for line in lines[frames[-1] + 1 :]:
-        if line.strip() and not line.startswith(" "):
-            name, sep, message = line.partition(": ")
-            return f"{name.rsplit('.', 1)[-1]}{sep}{message.strip()}"
-    return None
-
-
 def join_uri(base: str, *parts: str) -> str:
     """``base/part/...`` for a local path or URL, without doubling slashes."""
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/"))])
@@ -226,8 +189,9 @@ def list_inputs(
     it lies inside the input) are left out.
 
     Raises:
-        FileNotFoundError: the input holds no file (missing bucket, prefix or folder).
-        OSError: the listing itself failed (unreachable endpoint, access denied); the
+        MissingLocationError: the input holds no file (missing bucket, prefix or folder);
+            a ``FileNotFoundError``.
+        LocationError: the listing itself failed (unreachable endpoint, access denied); the
             message names the URI and the cause in one line.
     """
     fs, root = url_to_fs(input_uri, **(storage_options or {}))
@@ -236,9 +200,9 @@ def list_inputs(
     try:
         found = fs.find(root)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"input {input_uri} does not exist ({e})") from e
+        raise MissingLocationError(f"input {input_uri} does not exist ({e})") from e
     except Exception as e:
-        raise OSError(f"cannot list input {input_uri}: {one_line_error(e)}") from e
+        raise LocationError(f"cannot list input {input_uri}: {one_line_error(e)}") from e
     uris = []
     for path in sorted(found):
         if excluded and (path + "/").startswith(excluded):
@@ -247,7 +211,7 @@ def list_inputs(
         if relative and not _skipped(relative):
             uris.append(join_uri(input_uri, relative))
     if not uris:
-        raise FileNotFoundError(f"input {input_uri} holds no files")
+        raise MissingLocationError(f"input {input_uri} holds no files")
     return uris
 
 
@@ -303,8 +267,8 @@ def existing_files(uri: str, storage_options: dict[str, Any] | None = None) -> s
     """Filesystem paths (as ``url_to_fs`` strips them) of every file under ``uri``.
 
     Raises:
-        FileNotFoundError, OSError: the output location cannot be listed (missing bucket,
-            unreachable endpoint); one line naming the URI.
+        MissingLocationError, LocationError: the output location cannot be listed (missing
+            bucket, unreachable endpoint); one line naming the URI.
     """
     fs, root = url_to_fs(uri, **(storage_options or {}))
     try:
@@ -312,9 +276,9 @@ def existing_files(uri: str, storage_options: dict[str, Any] | None = None) -> s
             return set()
         return set(fs.find(root.rstrip("/")))
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"output {uri} is not reachable ({e})") from e
+        raise MissingLocationError(f"output {uri} is not reachable ({e})") from e
     except Exception as e:
-        raise OSError(f"cannot list output {uri}: {one_line_error(e)}") from e
+        raise LocationError(f"cannot list output {uri}: {one_line_error(e)}") from e
 
 
 def _stripped(uri: str, storage_options: dict[str, Any] | None) -> str:

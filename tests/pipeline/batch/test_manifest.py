@@ -17,7 +17,6 @@ from pipeline.batch.manifest import (
     join_uri,
     list_inputs,
     new_run_id,
-    one_line_error,
     plan_pairs,
     read_manifest,
     resume,
@@ -167,31 +166,6 @@ def test_reading_a_manifest_that_is_not_there_gives_an_empty_table(tmp_path):
 def test_rows_refuse_unknown_statuses():
     with pytest.raises(ValueError, match="status"):
         ManifestRow("a", "b", "c", "done")
-
-
-def test_one_line_error_unwraps_and_keeps_the_first_line():
-    class Wrapped(Exception):
-        def __init__(self, cause):
-            super().__init__("ray::task()\n  File ...\ntraceback")
-            self.cause = cause
-
-    assert one_line_error(Wrapped(ImageError("s3://b/x.jpg is not an image\nmore"))) == "s3://b/x.jpg is not an image"
-    assert one_line_error(Wrapped(KeyError("k"))) == "KeyError: 'k'"
-    assert one_line_error(RuntimeError()) == "RuntimeError"
-    assert len(one_line_error(ValueError("x" * 5000))) <= 400
-
-
-def test_one_line_error_finds_the_raised_line_of_a_quoted_traceback():
-    quoted = (
-        "The actor died because of an error raised in its creation task, ray::A.__init__() (pid=1)\n"
-        "Traceback (most recent call last):\n"
-        '  File "/x/actors.py", line 3, in __init__\n'
-        "    load()\n"
-        "    ^^^^^^\n"
-        "models.checkpoint.WeightsError: no weights under s3://b/w\n"
-        "second line of the message\n"
-    )
-    assert one_line_error(RuntimeError(quoted)) == "WeightsError: no weights under s3://b/w"
 
 
 def test_summary_counts_statuses_and_megapixels_of_this_run():

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -296,3 +299,78 @@ def s3_proxy(s3_options) -> Iterator[TcpProxy]:
     proxy = TcpProxy((host, int(port)))
     yield proxy
     proxy.close()
+
+
+# Mounts a tmpfs of size $1 on folder $2 in the command's own mount namespace, runs the rest of
+# the command line there, and lists what it left on the tmpfs into "$2.left" (beside the mount).
+_SMALL_TMPFS = (
+    'size=$1 dir=$2; shift 2; mount -t tmpfs -o "size=$size" tmpfs "$dir" || exit 97; '
+    '"$@"; rc=$?; ls -A "$dir" > "$dir.left"; exit $rc'
+)
+
+
+@pytest.fixture(scope="session")
+def small_tmpfs(tmp_path_factory) -> Callable[[Path, str], list[str]]:
+    """``small_tmpfs(folder, size)``: a command prefix that runs a command with a fresh tmpfs of
+    ``size`` (``"4m"``) mounted on ``folder``, in a private mount namespace (nothing outside
+    sees it, and it goes with the command), then writes what the command left on it to
+    ``folder.left``: a real full disk, ENOSPC and all.
+
+    Skips when this machine cannot make mount namespaces (``unshare`` missing, or neither root
+    nor unprivileged user namespaces).
+    """
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed: no private tmpfs for a full disk")
+    flags = "-m" if os.geteuid() == 0 else "-rm"
+
+    def prefix(folder: Path, size: str) -> list[str]:
+        folder.mkdir(parents=True, exist_ok=True)
+        return [unshare, flags, "sh", "-c", _SMALL_TMPFS, "sh", size, str(folder)]
+
+    probe = tmp_path_factory.mktemp("tmpfs-probe") / "mnt"
+    done = subprocess.run([*prefix(probe, "1m"), "true"], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: {done.stderr.strip()[-200:]}")
+    return prefix
+
+
+@pytest.fixture
+def marked_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Callable[[], list[int]]]]:
+    """An environment for a job run in a subprocess, and a function listing the processes that
+    carry it: every process the job starts (a local Ray's GCS, raylet, dashboard, agents and
+    workers) inherits the marker variable, so what is left of the job after it ends is found
+    in ``/proc/*/environ``. ``TMPDIR`` is a folder of the test's; Ray's own files go to a short
+    folder of their own (its socket paths must stay short).
+
+    Skips without ``/proc``.
+    """
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("no /proc: cannot list the processes a job left")
+    marker = f"ULTRASTYLE_TEST_RUN={tmp_path.name}-{os.getpid()}"
+    ray_tmp = Path("/tmp") / f"rt{os.getpid()}{abs(hash(tmp_path)) % 10**6}"
+    (tmp_path / "tmp").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    root = str(Path(__file__).resolve().parents[1])
+    env.update(
+        {
+            marker.split("=")[0]: marker.split("=")[1],
+            "TMPDIR": str(tmp_path / "tmp"),
+            "RAY_TMPDIR": str(ray_tmp),
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        }
+    )
+
+    def processes() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and entry.name != str(os.getpid()):
+                try:
+                    if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                        found.append(int(entry.name))
+                except OSError:  # gone, or not ours to read
+                    continue
+        return found
+
+    yield env, processes
+    shutil.rmtree(ray_tmp, ignore_errors=True)

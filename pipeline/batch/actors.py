@@ -25,7 +25,6 @@ import numpy as np
 import ray
 import torch
 
-from pipeline.batch.manifest import one_line_error
 from pipeline.batch.transient import is_transient, quiet_storage_faults
 from pipeline.engine.models import load_model_set
 from pipeline.engine.precision import DEFAULT_PRECISION, Precision, tf32_flags
@@ -33,6 +32,7 @@ from pipeline.engine.runner import Mode, RunReport, StyleLevels, StyleStats, loa
 from pipeline.engine.stats import FeatureStats
 from pipeline.engine.tiled import level_geometry, round_a_tiles, round_b_tiles
 from pipeline.engine.wct import ColorTransform
+from pipeline.errors import one_line_error
 from pipeline.imaging.canvas import MemoryCanvas
 from pipeline.imaging.chunks import ChunkCanvas, compact, intersection
 from pipeline.imaging.imageio import ImageError
@@ -135,22 +135,19 @@ def cut_image(
     """
     quiet_storage_faults()
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ultrastyle-cut-") as workdir:
-        image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+    # Disk canvases are unlinked files: a worker that fails, or that Ray kills, leaves none behind.
+    image = read_content(content_uri, storage_options, workdir=tempfile.gettempdir(), max_pixels=max_pixels)
+    try:
         if (image.width, image.height) != (width, height):
             raise ImageError(f"{content_uri} decodes to {image.width}x{image.height}, its header says {width}x{height}")
         bounds = Rect(0, 0, height, width)
         cores = [t.core for t in plan_tiles(height, width, tile=tile)]
         canvas, alpha = image.canvas, image.alpha
         header = ImageHeader(width, height, alpha is not None, image.icc_profile, 0.0)
-        del image
-        try:
-            pixels = [compact(canvas.read(core)) for core in cores]
-            alphas = [None if alpha is None else compact(alpha.read(intersection(core, bounds))) for core in cores]
-        finally:
-            canvas.close()
-            if alpha is not None:
-                alpha.close()
+        pixels = [compact(canvas.read(core)) for core in cores]
+        alphas = [None if alpha is None else compact(alpha.read(intersection(core, bounds))) for core in cores]
+    finally:
+        image.close()
     header = dataclasses.replace(header, read_seconds=time.perf_counter() - start)
     return (header, *pixels, *alphas)
 

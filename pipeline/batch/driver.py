@@ -36,10 +36,13 @@ rather than stop the job.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +55,15 @@ from ray.exceptions import RayError, RayTaskError
 
 from models import WeightSet
 from pipeline.batch.actors import CallInfo, ImageHeader, ModelActor, cut_image, write_chunks
-from pipeline.batch.executor import Call, ModelPool, NoActorsError, RayExecutor, tiles_per_call
+from pipeline.batch.executor import (
+    Call,
+    JobStopping,
+    ModelPool,
+    NoActorsError,
+    RayExecutor,
+    get_unless_stopping,
+    tiles_per_call,
+)
 from pipeline.batch.fingerprint import SettingsBook
 from pipeline.batch.headers import HeaderReader
 from pipeline.batch.listing import iter_keys
@@ -63,16 +74,17 @@ from pipeline.batch.manifest import (
     Summary,
     list_manifest,
     new_run_id,
-    one_line_error,
 )
 from pipeline.batch.planning import PairPlanner
 from pipeline.batch.preflight import BatchChecks, check_actor_device, check_batch, check_placement, default_workers
+from pipeline.batch.reaper import start as start_reaper
 from pipeline.batch.resume import RunPlan, plan_run
 from pipeline.batch.transient import Backoff, is_transient, quiet_storage_faults
 from pipeline.engine.controls import join_styles, mask_for, split_styles, style_levels
 from pipeline.engine.device import resolve_device
 from pipeline.engine.runner import StyleStats
 from pipeline.engine.tiled import cascade_geometry, run_levels, tile_rounds
+from pipeline.errors import LocationError, MissingLocationError, one_line_error
 from pipeline.imaging.chunks import intersection
 from pipeline.imaging.imageio import check_pixels, image_size
 from pipeline.imaging.tiles import Rect, canvas_size, plan_tiles
@@ -144,10 +156,35 @@ def _connect_ray() -> bool:
     """
     if ray.is_initialized():
         return False
+    if not log.isEnabledFor(logging.DEBUG):
+        # Each failed pair is reported once, from the error the driver fetches; Ray would also
+        # log, with its traceback, every error object nobody fetched: one per tile of the pair.
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address or "local")
+    if address is None:
+        start_reaper()  # ends Ray's agents too if this process is killed (see pipeline/batch/reaper.py)
+    with _signal_handlers_kept():
+        ray.init(address=address or "local")
     log.info("Ray: %s", f"joined the cluster at {address}" if address else "started a local instance")
     return address is None
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Put back the stop signals' handlers that ``ray.init`` replaces.
+
+    ``ray.init`` sets a SIGTERM handler that exits at once, and the core worker it starts adds
+    a crash handler that turns SIGTERM into a stack dump and an abort; either way the job
+    would not get to stop its pairs and the Ray it started. With the handlers put back, a stop
+    signal reaches the job as it would without Ray (see ``jobs/signals.py``).
+    """
+    kept = {each: signal.getsignal(each) for each in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for each, handler in kept.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(each, handler)
 
 
 def _settings(options: BatchOptions) -> BatchSettings:
@@ -242,7 +279,13 @@ def _lost(error: BaseException) -> bool:
 
 
 class _Job:
-    """Runs the pairs on a started actor pool, writing their manifest rows as they finish."""
+    """Runs the pairs on a started actor pool, writing their manifest rows as they finish.
+
+    A stop signal (``KeyboardInterrupt``, see ``jobs/signals.py``) in the main thread sets
+    ``stop``: the pairs' threads leave their waits for Ray and end without a row (a rerun
+    runs those pairs), the rows already reported are written, and the signal goes on up to
+    the caller, which then shuts down the actors and a Ray it started.
+    """
 
     def __init__(
         self,
@@ -251,10 +294,11 @@ class _Job:
         writer: ManifestWriter,
         pool: ModelPool,
         progress: BatchProgress,
+        stop: threading.Event,
     ) -> None:
         self.options, self.settings, self.writer = options, settings, writer
         self.style_options = options.style_options
-        self.pool, self.progress = pool, progress
+        self.pool, self.progress, self.stop = pool, progress, stop
         info = pool.infos[0]
         self.model_id = info.model_id
         self.geometry = cascade_geometry(info.channels)
@@ -311,8 +355,8 @@ class _Job:
                 return
             style.stats, style.ref = done.value, ray.put(done.value)
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(len(styles), 2 * self.pool.alive))) as ex:
-            list(ex.map(load, styles.values()))
+        with self._threads(max(1, min(len(styles), 2 * self.pool.alive)), "style") as threads:
+            list(threads.map(load, styles.values()))
         for key in dict.fromkeys(keys):
             if key not in styles:
                 styles[key] = self._combine(key, [styles[uri] for uri in split_styles(key)])
@@ -340,12 +384,16 @@ class _Job:
                 self._stylize(pair, style, result)
                 return _row(pair, "ok", result, started=started, model_id=self.model_id)
             except Exception as e:
+                if self.stop.is_set():
+                    raise JobStopping from e  # no row: a rerun runs the pair
+                log.debug("%s x %s failed", pair.content_uri, pair.style_uri, exc_info=e)
                 if (_lost(e) or is_transient(e)) and attempt < self.settings.retries and self.pool.alive:
                     attempt += 1
                     wait = self.backoff.wait(attempt)
                     log.warning("%s x %s: %s; running the pair again in %.0f s (%d/%d)", pair.content_uri,
                                 pair.style_uri, one_line_error(e), wait, attempt, self.settings.retries)
-                    time.sleep(wait)  # an actor restarted elsewhere, or a store, is unavailable for a while
+                    if self.stop.wait(wait):  # an actor restarted elsewhere, or a store, is unavailable for a while
+                        raise JobStopping from e
                     continue
                 return _row(pair, "failed", result, started=started, model_id=self.model_id,
                             error=one_line_error(e))
@@ -369,6 +417,8 @@ class _Job:
         try:
             [done] = self.pool.run([call])
         except Exception as e:
+            if self.stop.is_set():
+                raise JobStopping from e  # no rows: a rerun runs the pairs
             log.warning("a call of %d images failed (%s); running them one by one", len(batch), one_line_error(e))
             self.progress.tiles(len(batch))  # the call is over; each pair counts its own again
             return [self._run_pair(pair, style, size) for pair, size in batch]
@@ -414,7 +464,7 @@ class _Job:
             pair.content_uri, width=width, height=height, tile=style_options.tile, max_pixels=style_options.max_pixels,
             storage_options=style_options.storage_options,
         )
-        header: ImageHeader = ray.get(refs[0])
+        header: ImageHeader = get_unless_stopping(refs[0], self.stop)
         result.seconds["read"] = header.read_seconds
         alphas = refs[1 + n :] if header.has_alpha else []
         executor = RayExecutor(self.pool, refs[1 : 1 + n], tiles, canvas_size(height, width),
@@ -438,7 +488,7 @@ class _Job:
             quality=style_options.quality, storage_options=style_options.storage_options,
         )
         executor.image = []
-        result.seconds["write"] = ray.get(written)
+        result.seconds["write"] = get_unless_stopping(written, self.stop)
 
     def _stylize_in_one_call(self, pair: Pair, style: _Style, result: _PairResult) -> None:
         """One actor call reads, stylizes and writes (small images, ``whole``/``thumbnail`` modes)."""
@@ -473,15 +523,36 @@ class _Job:
             return width * height <= style_options.tile * style_options.tile
         return len(plan_tiles(height, width, tile=style_options.tile)) == 1
 
+    @contextlib.contextmanager
+    def _threads(self, workers: int, name: str) -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+        """A thread pool that, when a stop signal leaves the block, sets :attr:`stop` before
+        waiting for its threads (which then leave their waits for Ray promptly)."""
+        threads = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix=name)
+        try:
+            yield threads
+        except KeyboardInterrupt:
+            self.stop.set()
+            raise
+        finally:
+            threads.shutdown(wait=True, cancel_futures=True)
+
     def run(self, pairs: Iterator[Pair]) -> None:
         """Run ``pairs`` as they come (see the module's docstring for admission), writing their rows."""
+        try:
+            self._run(pairs)
+        except KeyboardInterrupt:
+            self.progress.close()  # end a terminal's bar before the last line
+            self.flush()  # the rows already reported reach the manifest
+            raise
+
+    def _run(self, pairs: Iterator[Pair]) -> None:
         styles = self._load_styles(_style_keys(self.options))
         settings = self.settings
         ahead = max(64, _HEADERS_AHEAD * settings.batch_images * settings.workers)
         threads = settings.max_in_flight + _SMALL_CALLS_PER_ACTOR * settings.workers
         admission = _Admission(self, styles)
         with HeaderReader(pairs, self._probe, threads=settings.header_threads, ahead=ahead) as headers, \
-                concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="pair") as pool:
+                self._threads(threads, "pair") as pool:
             while True:
                 if not self.pool.alive:  # nothing can run them: fail them without reading them
                     self.record([self._failed(p, str(NoActorsError())) for p in admission.drain(headers)])
@@ -648,9 +719,9 @@ def _listed(
         except FileNotFoundError as e:
             if missing_ok:
                 return
-            raise FileNotFoundError(f"{what} {uri} does not exist ({one_line_error(e)})") from e
+            raise MissingLocationError(f"{what} {uri} does not exist ({one_line_error(e)})") from e
         except Exception as e:
-            raise OSError(f"cannot list {what} {uri}: {one_line_error(e)}") from e
+            raise LocationError(f"cannot list {what} {uri}: {one_line_error(e)}") from e
         yield batch
 
 
@@ -706,9 +777,9 @@ def run_batch(options: BatchOptions) -> int:
     keys = _listed(options.input_uri, "input", storage_options, exclude=[output, *([mask] if mask else [])])
     first = next(keys, None)
     if first is None:
-        raise FileNotFoundError(f"input {options.input_uri} holds no files")
+        raise MissingLocationError(f"input {options.input_uri} holds no files")
     if mask is not None and next(_listed(mask, "--mask", storage_options, missing_ok=True), None) is None:
-        raise FileNotFoundError(f"--mask {mask}: no such folder or prefix of masks")
+        raise MissingLocationError(f"--mask {mask}: no such folder or prefix of masks")
     checks = check_batch(options, probe_output=not options.dry_run)
     planner = PairPlanner(input_uri=options.input_uri, output_uri=output, style_keys=_style_keys(options),
                           fmt=options.format)
@@ -781,6 +852,7 @@ def _run_pairs(
              settings.cpus_per_worker, settings.gpus_per_worker, settings.max_in_flight,
              settings.max_in_flight_mp, settings.batch_images)
     actors = _start_actors(options.style_options, settings, run_id, weights)
+    stop = threading.Event()
     try:
         try:
             infos = ray.get([a.describe.remote() for a in actors])
@@ -789,8 +861,11 @@ def _run_pairs(
         for info in infos:
             log.info("actor %s ready: model %s on %s, %d tile(s) per network call (pid %d)", info.worker,
                      info.model_id, info.device, info.tile_batch, info.pid)
-        job = _Job(options, settings, writer, ModelPool(actors, infos), progress)
+        job = _Job(options, settings, writer, ModelPool(actors, infos, stop=stop), progress, stop)
         job.run(pairs)
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        # Stopping, the actors end with the driver (Ray ends an owner's actors with it), and
+        # killing them under their queued calls would only log a line per call.
+        if not stop.is_set():
+            for actor in actors:
+                ray.kill(actor)

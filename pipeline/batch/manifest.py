@@ -45,7 +45,8 @@ from fsspec.core import url_to_fs
 
 from pipeline.batch.listing import MANIFEST_DIR, iter_keys
 from pipeline.batch.transient import Backoff, is_transient, retry_transient
-from pipeline.imaging.imageio import ImageError, local_output, write_bytes
+from pipeline.errors import one_line_error
+from pipeline.imaging.imageio import local_output, write_bytes
 
 __all__ = [
     "COMPACT_PARTS",
@@ -69,7 +70,6 @@ __all__ = [
     "list_manifest",
     "match_latest",
     "new_run_id",
-    "one_line_error",
     "read_manifest",
     "write_parquet",
 ]
@@ -77,8 +77,6 @@ __all__ = [
 log = logging.getLogger("ultrastyle.batch")
 
 STATUSES = ("ok", "skipped", "failed")
-# Longest error kept in a row: enough for a URI and a reason, short enough for a table view.
-_ERROR_CHARS = 400
 STATE_DIR, RUNS_DIR = "state", "runs"
 # Rows of one current-state file (a million rows of this schema are ~50 MB of Parquet).
 STATE_ROWS = 1_000_000
@@ -210,41 +208,6 @@ class ManifestRow:
 def new_run_id() -> str:
     """A sortable, collision-resistant id for one run of the job (UTC time + random suffix)."""
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-
-
-def one_line_error(error: BaseException) -> str:
-    """The manifest's ``error`` text for an exception: its first line, without traceback.
-
-    An exception raised on a Ray worker arrives wrapped, carrying the original in ``cause``;
-    the original's message is the one that names the input and the reason. Image errors are
-    written as is (their message already says what is wrong with which URI); others get
-    their type name in front.
-    """
-    while getattr(error, "cause", None) is not None and error.cause is not error:
-        error = error.cause
-    lines = str(error).splitlines()
-    text = _raised_line(lines)
-    if text is None:
-        first = next((line.strip() for line in lines if line.strip()), "")
-        text = first if isinstance(error, ImageError) else f"{type(error).__name__}: {first}".rstrip(": ")
-    return text[:_ERROR_CHARS]
-
-
-def _raised_line(lines: list[str]) -> str | None:
-    """The ``Type: message`` line after the last frame of a traceback quoted in a message.
-
-    Ray quotes the remote traceback in some errors' text (an actor whose ``__init__``
-    raised, for one) without keeping the exception itself; the line that names what went
-    wrong is the one after the last ``File ...`` frame and its indented source lines.
-    """
-    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
-    if not frames:
-        return None
-    for line in lines[frames[-1] + 1 :]:
-        if line.strip() and not line.startswith(" "):
-            name, sep, message = line.partition(": ")
-            return f"{name.rsplit('.', 1)[-1]}{sep}{message.strip()}"
-    return None
 
 
 def join_uri(base: str, *parts: str) -> str:

@@ -29,9 +29,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from models import WeightSet, resolve_weights
 from pipeline.batch.fingerprint import SettingsBook, code_version, pair_settings, style_digest, weights_digests
-from pipeline.batch.manifest import join_uri, one_line_error
+from pipeline.batch.manifest import join_uri
 from pipeline.engine.controls import control_settings, join_styles, mask_for, split_styles
 from pipeline.engine.models import check_cascade_levels
+from pipeline.errors import LocationError, one_line_error
 from pipeline.imaging.imageio import ImageError, check_pixels, image_size, output_format, write_bytes
 from pipeline.options import BatchOptions, OptionError
 
@@ -104,7 +105,7 @@ def check_output_location(uri: str, storage_options: dict[str, Any] | None = Non
         folder: whether ``uri`` is a prefix.
 
     Raises:
-        OSError: the location is unreachable or not writable (missing bucket, read-only
+        LocationError: the location is unreachable or not writable (missing bucket, read-only
             folder, denied); one line naming ``uri``.
     """
     base = uri if folder else (posixpath.dirname(uri.rstrip("/")) or ".")
@@ -120,7 +121,7 @@ def check_output_location(uri: str, storage_options: dict[str, Any] | None = Non
         write_bytes(probe, b"", storage_options)
         fs.rm_file(path)
     except Exception as e:
-        raise OSError(f"output {uri} is not writable: {one_line_error(e)}") from e
+        raise LocationError(f"output {uri} is not writable: {one_line_error(e)}") from e
     finally:
         for folder in created:
             with contextlib.suppress(OSError):

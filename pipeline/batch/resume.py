@@ -52,9 +52,9 @@ from pipeline.batch.manifest import (
     Pair,
     join_uri,
     match_latest,
-    one_line_error,
 )
 from pipeline.batch.planning import PAIR_SCHEMA, PairPlanner
+from pipeline.errors import one_line_error
 from pipeline.imaging.imageio import local_output
 
 __all__ = ["FIRST_NAMED", "FOLD_FILES", "PARTITION_ROWS", "STAMPED_SCHEMA", "RunPlan", "Tally", "plan_run"]

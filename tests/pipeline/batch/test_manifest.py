@@ -19,11 +19,9 @@ from pipeline.batch.manifest import (
     Summary,
     list_manifest,
     new_run_id,
-    one_line_error,
     read_manifest,
 )
 from pipeline.batch.transient import Backoff
-from pipeline.imaging.imageio import ImageError
 
 NO_WAIT = Backoff(tries=1, first=0.01, longest=0.01)
 
@@ -139,31 +137,6 @@ def test_rows_that_cannot_be_written_at_the_end_are_saved_locally(tmp_path):
 def test_rows_refuse_unknown_statuses():
     with pytest.raises(ValueError, match="status"):
         ManifestRow("a", "b", "c", "done")
-
-
-def test_one_line_error_unwraps_and_keeps_the_first_line():
-    class Wrapped(Exception):
-        def __init__(self, cause):
-            super().__init__("ray::task()\n  File ...\ntraceback")
-            self.cause = cause
-
-    assert one_line_error(Wrapped(ImageError("s3://b/x.jpg is not an image\nmore"))) == "s3://b/x.jpg is not an image"
-    assert one_line_error(Wrapped(KeyError("k"))) == "KeyError: 'k'"
-    assert one_line_error(RuntimeError()) == "RuntimeError"
-    assert len(one_line_error(ValueError("x" * 5000))) <= 400
-
-
-def test_one_line_error_finds_the_raised_line_of_a_quoted_traceback():
-    quoted = (
-        "The actor died because of an error raised in its creation task, ray::A.__init__() (pid=1)\n"
-        "Traceback (most recent call last):\n"
-        '  File "/x/actors.py", line 3, in __init__\n'
-        "    load()\n"
-        "    ^^^^^^\n"
-        "models.checkpoint.WeightsError: no weights under s3://b/w\n"
-        "second line of the message\n"
-    )
-    assert one_line_error(RuntimeError(quoted)) == "WeightsError: no weights under s3://b/w"
 
 
 def test_summary_line_counts_pairs_and_megapixels_of_this_run():

@@ -57,7 +57,7 @@ examples:
         --preserve-color
   two styles blended 70/30 into one output:
     ultrastyle stylize photo.jpg --style a.jpg --style b.jpg --style-weights 0.7,0.3 --output out.png
-  every photo under a prefix, as a Ray job on a cluster:
+  every photo under a prefix, as a Ray job on a cluster (add --dry-run first to see what would run and why):
     ray job submit -- python -m jobs.stylize --input s3://bucket/photos/ --style s3://bucket/style.jpg \\
         --output s3://bucket/styled/
   the sample images, on a local Ray:
@@ -152,7 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="megapixels in flight at once, read from the headers (default: half the cluster's "
                        "object store at 32 bytes per pixel; a larger image runs alone)")
     batch.add_argument("--retries", type=int, default=_batch("retries"),
-                       help="actor restarts and retries of calls and tasks lost with a worker (default 3)")
+                       help="actor restarts, and retries of calls, tasks and pairs lost with a worker or to a storage "
+                       "fault (default 3)")
+    batch.add_argument("--batch-images", type=int, default=_batch("batch_images"),
+                       help="images of at most one tile sent to a model actor per call (default 4)")
+    batch.add_argument("--header-threads", type=int, default=_batch("header_threads"),
+                       help="image headers read at once ahead of admission (default 16; more on a large cluster "
+                       "reading from S3)")
+    batch.add_argument("--manifest-wait", type=float, default=_batch("manifest_wait"),
+                       help="seconds the job waits at its end for manifest storage that is failing before it saves "
+                       "the unwritten rows to a local file (default 300)")
+    batch.add_argument("--dry-run", action="store_true",
+                       help="list, plan and resume, say what would run and why, and exit without starting Ray or "
+                       "writing anything")
     return p
 
 
@@ -271,6 +283,8 @@ def _main(args: argparse.Namespace) -> int:
             log.info("no --input: stylizing the sample images in %s into %s", SAMPLES_DIR, args.output)
         options = build_options(args, content)
         if _is_single(content, options.style_options.storage_options):
+            if options.dry_run:
+                raise UsageError("--dry-run is for a batch: give an input folder or prefix")
             return _run_single(options)
         if _names_an_image(options.output_uri):
             raise UsageError(f"--output {options.output_uri} names an image, but the input {content} is a folder or "

@@ -7,11 +7,15 @@ combined to the sizes the tests need, and styles painted by :func:`jobs.samples.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -202,6 +206,99 @@ def on_tile_progress() -> Iterator[Callable[..., _OnTileProgress]]:
     yield install
     for handler in handlers:
         logger.removeHandler(handler)
+
+
+class TcpProxy:
+    """A TCP proxy on loopback that can drop every connection: a storage outage between a client and a server.
+
+    Forwards ``127.0.0.1:<port>`` to ``upstream``, a thread pair per connection.
+
+    Args:
+        upstream: ``(host, port)`` of the server.
+    """
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._down = threading.Event()
+        self._closed = threading.Event()
+        self.dropped = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        """``http://127.0.0.1:<port>``, the endpoint clients use."""
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def down(self) -> None:
+        """Reset every connection, and each new one, until :meth:`up`."""
+        self._down.set()
+        with self._lock:
+            sockets, self._open = list(self._open), set()
+        for sock in sockets:
+            self._reset(sock)
+
+    def up(self) -> None:
+        self._down.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.down()
+        self._listener.close()
+
+    def _reset(self, sock: socket.socket) -> None:
+        """Close ``sock`` with a TCP reset (linger 0), as a dropped connection looks to the client."""
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):
+            sock.close()
+        self.dropped += 1
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._down.is_set():
+                self._reset(client)
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                self._reset(client)
+                continue
+            with self._lock:
+                self._open |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._open -= {source, target}
+            for sock in (source, target):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+@pytest.fixture
+def s3_proxy(s3_options) -> Iterator[TcpProxy]:
+    """A :class:`TcpProxy` in front of the moto server: point a client at ``s3_proxy.address`` and call
+    ``down()``/``up()`` to cut the store off from it and bring it back."""
+    host, port = s3_options["client_kwargs"]["endpoint_url"].rsplit("/", 1)[-1].split(":")
+    proxy = TcpProxy((host, int(port)))
+    yield proxy
+    proxy.close()
 
 
 # Mounts a tmpfs of size $1 on folder $2 in the command's own mount namespace, runs the rest of

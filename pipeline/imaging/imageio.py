@@ -528,7 +528,11 @@ def local_output(uri: str, storage_options: dict[str, Any] | None = None) -> Ite
         for entry in sorted(os.listdir(staging), key=lambda e: e == name):
             src, target = os.path.join(staging, entry), f"{parent}/{entry}" if parent else entry
             if not local:
-                fs.put(src, target, recursive=os.path.isdir(src))
+                # put_file for a file: put would first ask whether the target is a folder (a LIST on S3).
+                if os.path.isdir(src):
+                    fs.put(src, target, recursive=True)
+                else:
+                    fs.put_file(src, target)
                 continue
             if os.path.isdir(src):
                 shutil.rmtree(target, ignore_errors=True)

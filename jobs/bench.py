@@ -37,8 +37,9 @@ from pipeline.engine.device import resolve_device
 from pipeline.engine.models import load_models
 from pipeline.engine.runner import LoadedImage, stylize_image, to_tensor
 from pipeline.engine.tiled import read_rgb
+from pipeline.errors import one_line_error
 from pipeline.imaging.canvas import Canvas
-from pipeline.imaging.imageio import read_image
+from pipeline.imaging.imageio import MIN_SIDE, read_image
 from pipeline.options import MODES, PRECISIONS, OptionError, StyleOptions
 
 __all__ = ["LevelClock", "PeakMemory", "build_parser", "main", "photo_file", "psnr8", "synthetic_image"]
@@ -188,6 +189,8 @@ def _check(args: argparse.Namespace) -> tuple[StyleOptions, int, int]:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError as e:
         raise ValueError(f"--size must be WxH in pixels, e.g. 3840x2160, got {args.size!r}") from e
+    if min(width, height) < MIN_SIDE:
+        raise ValueError(f"--size must be at least {MIN_SIDE} px a side, got {args.size!r}")
     return options, width, height
 
 
@@ -210,15 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.content:
+        try:
+            image = read_image(args.content)
+        except (OSError, ValueError) as e:
+            print(f"{PROG}: error: --content {args.content}: {one_line_error(e)}", file=sys.stderr)
+            return 1
+        width, height = image.width, image.height
+    else:
+        image = LoadedImage(synthetic_image(height, width))
     style_rgb = to_tensor(np.asarray(paint_style(), np.float32) / 255.0)
     models = load_models(options)
     device = models.device
     style = style_statistics(style_rgb, models)
-    if args.content:
-        image = read_image(args.content)
-        width, height = image.width, image.height
-    else:
-        image = LoadedImage(synthetic_image(height, width))
     for _ in range(args.warmup):
         with tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
             canvas, _ = stylize_image(image, style, models, mode=options.mode, tile=options.tile, workdir=workdir)

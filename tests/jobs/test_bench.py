@@ -60,11 +60,20 @@ def test_bench_refuses_cuda_without_a_gpu_in_one_line(capsys):
         (["--tile", "100"], "--tile must be a positive multiple of 16, got 100"),
         (["--tile-batch", "0"], "--tile-batch must be at least 1, got 0"),
         (["--size", "big"], "--size must be WxH in pixels, e.g. 3840x2160, got 'big'"),
+        (["--size", "10x10"], "--size must be at least 32 px a side, got '10x10'"),
     ],
 )
 def test_bench_refuses_bad_flags_in_one_line(capsys, flags, message):
     assert main(flags) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"ultrastyle bench: error: {message}"]
+
+
+def test_bench_refuses_an_unreadable_content_file_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert main(["--content", str(bad)]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"ultrastyle bench: error: --content {bad}: ") and "not an image libvips can read" in line
 
 
 @pytest.mark.cuda

@@ -32,6 +32,7 @@ import torch
 from pipeline.engine.models import load_model_set
 from pipeline.engine.precision import DEFAULT_PRECISION, PRECISIONS
 from pipeline.engine.runner import MODES, LoadedImage, stylize_image, to_tensor
+from pipeline.engine.strokes import parse_stroke_scale
 from pipeline.engine.tiled import read_rgb
 from pipeline.imaging.canvas import Canvas
 from pipeline.imaging.imageio import read_image
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content", default=None, help="bench this image instead of a generated one (--size ignored)")
     p.add_argument("--mode", choices=MODES, default="exact")
     p.add_argument("--tile", type=int, default=1024)
+    p.add_argument("--stroke-scale", default="1", metavar="S|auto",
+                   help="brush strokes S times larger (see ultrastyle stylize --help; default 1)")
     p.add_argument("--weights", default=None, help="weights location (default: $ULTRASTYLE_WEIGHTS or embedded)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run (default cpu)")
@@ -169,6 +172,7 @@ def _check(args: argparse.Namespace) -> tuple[int, int]:
         raise ValueError("--device cuda: torch sees no CUDA GPU on this machine")
     if args.tile_batch is not None and args.tile_batch < 1:
         raise ValueError(f"--tile-batch must be at least 1, got {args.tile_batch}")
+    args.stroke_scale = parse_stroke_scale(args.stroke_scale)
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError as e:
@@ -211,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     with PeakMemory() as memory, tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
         start = time.perf_counter()
         clock.start()
-        canvas, report = stylize_image(image, style, models, mode=args.mode, tile=args.tile, workdir=workdir,
-                                       on_level=clock)
+        canvas, report = stylize_image(image, style, models, mode=args.mode, tile=args.tile,
+                                       stroke_scale=args.stroke_scale, workdir=workdir, on_level=clock)
         wall = time.perf_counter() - start
         result = _result(image, canvas) if args.psnr else None
     gpu_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -222,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         reference_models = load_model_set(args.weights, device=device, precision="fp32")
         reference_style = style_statistics(style_rgb, reference_models)
         with tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
-            canvas, _ = stylize_image(image, reference_style, reference_models, mode="whole", workdir=workdir)
+            canvas, _ = stylize_image(image, reference_style, reference_models, mode="whole",
+                                      stroke_scale=args.stroke_scale, workdir=workdir)
             psnr = psnr8(result, _result(image, canvas))
     summary = {
         "size": f"{width}x{height}",
@@ -232,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": report.mode,
         "tile": None if report.mode == "whole" else args.tile,
         "tiles": report.tiles,
+        "stroke_scale": report.stroke_scale,
         "tile_batch": models.tile_batch,
         "threads": torch.get_num_threads(),
         "seconds": round(wall, 3),
@@ -247,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         gpu = "" if gpu_peak is None else f", peak GPU {summary['peak_gpu_gib']} GiB"
         print(
             f"{summary['size']} {summary['mode']} {summary['precision']} on {summary['device']} "
-            f"tile={summary['tile']} tiles={summary['tiles']}: {summary['seconds']} s, {summary['mp_per_s']} MP/s, "
+            f"tile={summary['tile']} tiles={summary['tiles']} stroke scale {summary['stroke_scale']}: "
+            f"{summary['seconds']} s, {summary['mp_per_s']} MP/s, "
             f"peak RSS {summary['peak_rss_gib']} GiB{gpu}, PSNR vs fp32 whole {summary['psnr_vs_fp32_whole']} dB, "
             f"per level {summary['level_seconds']}"
         )

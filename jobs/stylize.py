@@ -28,9 +28,9 @@ from pipeline.engine.controls import check_mask_size, check_weights, parse_weigh
 from pipeline.engine.models import load_model_set
 from pipeline.engine.precision import DEFAULT_PRECISION, PRECISIONS
 from pipeline.engine.runner import MODES, choose_mode, load_style, stylize_file
-from pipeline.engine.tiled import tile_rounds
+from pipeline.engine.strokes import DEFAULT_STROKE_SCALE, parse_stroke_scale, resolve_stroke_scale, stroke_tile_rounds
 from pipeline.imaging.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, image_size, output_format
-from pipeline.imaging.tiles import TILE_ALIGN, plan_tiles
+from pipeline.imaging.tiles import TILE_ALIGN
 from pipeline.progress import ProgressLine, TileProgress
 
 __all__ = ["build_parser", "check_args", "main"]
@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the content's colours: the output takes the stylized luminance and the content's "
                    "chroma (YCbCr)")
     p.add_argument("--style-size", type=int, default=None, help="resize the style's longer side to N px")
+    p.add_argument("--stroke-scale", default=str(DEFAULT_STROKE_SCALE), metavar="S|auto",
+                   help="brush strokes S times larger at the same output size (coarse to fine: the image shrunk by "
+                   "S is stylized too and its low frequencies kept); auto: S from the image size, so that the "
+                   "picture seen whole on a screen reads as the style (about 1 per 1024 px of its longer side). "
+                   f"Default {DEFAULT_STROKE_SCALE}: the plain cascade")
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="whole: in memory; exact: tiled, same result; auto: exact when larger than one tile; "
                    "thumbnail: tiled in one pass with statistics from a 1024-px copy (faster, approximate)")
@@ -122,6 +127,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--tile must be a positive multiple of {TILE_ALIGN}, got {args.tile}")
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    try:
+        args.stroke_scale = parse_stroke_scale(args.stroke_scale)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     _check_controls(args)
     for name in ("max_in_flight", "max_pixels"):
         if getattr(args, name) < 1:
@@ -182,6 +191,11 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
     if args.mask is not None:
         width, height = size
         check_mask_size(args.mask, height, width, args.storage_options)
+    if size is not None:
+        try:
+            resolve_stroke_scale(args.stroke_scale, size[1], size[0])
+        except ValueError as e:
+            raise UsageError(str(e)) from e
     start = time.perf_counter()
     models = load_model_set(args.weights, storage_options=args.storage_options, precision=args.precision,
                             tile_batch=args.tile_batch)
@@ -196,8 +210,10 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
         width, height = size
         mode = choose_mode(args.mode, height, width, args.tile)
         if mode != "whole":
-            tiles = len(plan_tiles(height, width, tile=args.tile))
-            progress = TileProgress(tile_rounds(tiles, len(models.levels), exact=mode == "exact"), line)
+            scale = resolve_stroke_scale(args.stroke_scale, height, width)
+            rounds = stroke_tile_rounds(height, width, tile=args.tile, levels=len(models.levels), scale=scale,
+                                        exact=mode == "exact")
+            progress = TileProgress(rounds, line)
     report = stylize_file(
         content,
         args.output,
@@ -206,6 +222,7 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
         mode=args.mode,
         tile=args.tile,
         alpha=args.alpha,
+        stroke_scale=args.stroke_scale,
         max_pixels=args.max_pixels,
         quality=args.quality,
         storage_options=args.storage_options,
@@ -217,8 +234,8 @@ def _run_single(args: argparse.Namespace, content: str) -> int:
     line.close()
     total = time.perf_counter() - start
     log.info(
-        "wrote %s (%dx%d, %s mode, %d tiles) in %.1f s (%.3f MP/s)",
-        args.output, report.width, report.height, report.mode, report.tiles, total,
+        "wrote %s (%dx%d, %s mode, %d tiles, stroke scale %d) in %.1f s (%.3f MP/s)",
+        args.output, report.width, report.height, report.mode, report.tiles, report.stroke_scale, total,
         report.width * report.height / 1e6 / report.seconds["stylize"],
     )
     return 0

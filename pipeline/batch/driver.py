@@ -9,8 +9,11 @@ What runs where:
   :func:`~pipeline.batch.actors.cut_image` task into one object per tile core, the tiled
   cascade's one level loop (:func:`pipeline.engine.tiled.run_levels`) runs it with a
   :class:`~pipeline.batch.executor.RayExecutor`, and a :func:`~pipeline.batch.actors.write_chunks`
-  task stitches and writes the output. Images that fit in one tile, and the ``whole`` and
-  ``thumbnail`` modes, go to one actor call that reads, stylizes and writes;
+  task stitches and writes the output. The controls run the same way: a mask as one label
+  core per tile, colour preservation on the output's cores, a stroke scale as a second, shrunk
+  image through the same loop and a band split (:func:`pipeline.engine.strokes.run_strokes`).
+  Images that fit in one tile, and the ``whole`` and ``thumbnail`` modes, go to one actor call
+  that reads, stylizes and writes;
 - a pool of :class:`~pipeline.batch.actors.ModelActor` (one GPU each on a GPU cluster, else
   CPUs), shared by all pairs (:class:`~pipeline.batch.executor.ModelPool`), runs every model call.
 
@@ -39,7 +42,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayError, RayTaskError
 
 from models import WeightSet
-from pipeline.batch.actors import CallInfo, ImageHeader, ModelActor, cut_image, write_chunks
+from pipeline.batch.actors import CallInfo, CutImage, ImageHeader, ModelActor, cut_image, write_chunks
 from pipeline.batch.executor import Call, ModelPool, NoActorsError, RayExecutor, tiles_per_call
 from pipeline.batch.manifest import (
     ManifestRow,
@@ -55,12 +58,14 @@ from pipeline.batch.manifest import (
     summarize,
 )
 from pipeline.batch.preflight import check_batch, check_placement, default_workers
-from pipeline.engine.controls import join_styles, mask_for, split_styles, style_levels
+from pipeline.engine.controls import join_styles, label_count, mask_for, split_styles, style_levels
 from pipeline.engine.runner import StyleStats
-from pipeline.engine.tiled import cascade_geometry, run_levels, tile_rounds
+from pipeline.engine.strokes import resolve_stroke_scale, run_strokes, stroke_tile_rounds
+from pipeline.engine.tiled import cascade_geometry, run_levels
 from pipeline.imaging.chunks import intersection
 from pipeline.imaging.imageio import check_pixels, image_size
-from pipeline.imaging.tiles import Rect, canvas_size, plan_tiles
+from pipeline.imaging.resample import BandSplit
+from pipeline.imaging.tiles import Rect, Tile, canvas_size, plan_tiles
 from pipeline.progress import BatchProgress, ProgressLine
 
 __all__ = ["STORE_BYTES_PER_PIXEL", "BatchSettings", "run_batch"]
@@ -319,32 +324,50 @@ class _Job:
         width, height = result.width, result.height
         tiles = plan_tiles(height, width, tile=args.tile)
         result.tiles = len(tiles)
-        # Creative controls run in one call too: the in-process exact engine on disk canvases,
-        # the same picture with memory bounded by the tile, but on one actor.
-        if args.mode in _ONE_CALL_MODES or len(tiles) == 1 or _has_controls(args):
+        if args.mode in _ONE_CALL_MODES or len(tiles) == 1:
             self._stylize_in_one_call(pair, style, result)
             return
+        # Every control runs tile-split like a plain pair: a mask as one label core per tile,
+        # colour preservation on the last round's cores, a stroke scale as a second, shrunk image.
         result.mode = "tiled"
-        n = len(tiles)
-        refs = cut_image.options(num_returns=1 + 2 * n, num_cpus=settings.io_cpus, max_retries=settings.retries).remote(
+        scale = resolve_stroke_scale(args.stroke_scale, height, width)
+        split = BandSplit(height, width, scale) if scale > 1 else None
+        coarse_tiles = plan_tiles(*split.coarse_size, tile=args.tile) if split else []
+        labels = label_count(next(iter(style.stats.values())))
+        layout = CutImage(len(tiles), len(coarse_tiles), masked=labels > 0)
+        mask_uri = mask_for(pair.content_uri, input_uri=args.input_uri, mask_uri=args.mask) if labels else None
+        refs = cut_image.options(num_returns=layout.returns, num_cpus=settings.io_cpus,
+                                 max_retries=settings.retries).remote(
             pair.content_uri, width=width, height=height, tile=args.tile, max_pixels=args.max_pixels,
-            storage_options=args.storage_options,
+            storage_options=args.storage_options, mask_uri=mask_uri, styles=labels, stroke_scale=scale,
         )
-        header: ImageHeader = ray.get(refs[0])
-        result.seconds["read"] = header.read_seconds
-        alphas = refs[1 + n :] if header.has_alpha else []
-        executor = RayExecutor(self.pool, refs[1 : 1 + n], tiles, canvas_size(height, width),
-                               tiles_per_call=tiles_per_call(n, args.tile, self.pool.alive),
-                               on_tile=self.progress.tiles)
+        parts = layout.parts(refs)
         del refs
-        self.progress.add_tiles(tile_rounds(n, len(self.geometry), exact=True))
+        header: ImageHeader = ray.get(parts["header"][0])
+        result.seconds["read"] = header.read_seconds
+        alphas = parts["alpha"] if header.has_alpha else []
+        executors = [self._executor(parts["image"], parts["mask"], tiles, (height, width), labels=labels,
+                                    preserve_color=args.preserve_color)]
+        if split is not None:
+            executors.append(self._executor(parts["coarse"], parts["coarse_mask"], coarse_tiles, split.coarse_size,
+                                            labels=labels))
+        del parts
+        executor = executors[0]
+        self.progress.add_tiles(stroke_tile_rounds(height, width, tile=args.tile, levels=len(self.geometry),
+                                                   scale=scale, exact=True))
         start = time.perf_counter()
         try:
-            result.seconds["reduce"] = run_levels(executor, tiles, self.geometry, style.stats, alpha=args.alpha)
+            if split is None:
+                result.seconds["reduce"] = run_levels(executor, tiles, self.geometry, style.stats, alpha=args.alpha)
+            else:
+                seconds = run_strokes(executor, executors[1], tiles, coarse_tiles, self.geometry, style.stats,
+                                      split=split, alpha=args.alpha)
+                result.seconds["reduce"] = seconds["reduce"]
         finally:
             result.seconds["stylize"] = time.perf_counter() - start
-            result.seconds["compute"] = executor.compute_seconds
-            result.workers |= executor.workers
+            result.seconds["compute"] = sum(e.compute_seconds for e in executors)
+            for e in executors:
+                result.workers |= e.workers
         bounds = Rect(0, 0, height, width)
         cores = [t.core for t in tiles]
         alpha_rects = [intersection(core, bounds) for core in cores] if alphas else []
@@ -352,8 +375,25 @@ class _Job:
             pair.output_uri, height, width, cores, alpha_rects, header.icc_profile, *executor.image, *alphas,
             quality=args.quality, storage_options=args.storage_options,
         )
-        executor.image = []
+        for e in executors:
+            e.image = []
         result.seconds["write"] = ray.get(written)
+
+    def _executor(
+        self,
+        image: list[ray.ObjectRef],
+        mask: list[ray.ObjectRef],
+        tiles: list[Tile],
+        size: tuple[int, int],
+        *,
+        labels: int,
+        preserve_color: bool = False,
+    ) -> RayExecutor:
+        """A :class:`RayExecutor` of one image's cores (and its mask's, with ``labels``)."""
+        return RayExecutor(self.pool, image, tiles, canvas_size(*size),
+                           tiles_per_call=tiles_per_call(len(tiles), self.args.tile, self.pool.alive),
+                           on_tile=self.progress.tiles, mask=mask if labels else None, labels=labels,
+                           preserve_color=preserve_color)
 
     def _stylize_in_one_call(self, pair: Pair, style: _Style, result: _PairResult) -> None:
         """One actor call reads, stylizes and writes (small images, ``whole``/``thumbnail`` modes)."""
@@ -363,7 +403,7 @@ class _Job:
             "stylize_file",
             (pair.content_uri, style.ref, pair.output_uri),
             {"mode": args.mode, "tile": args.tile, "alpha": args.alpha, "max_pixels": args.max_pixels,
-             "quality": args.quality, "preserve_color": args.preserve_color,
+             "quality": args.quality, "preserve_color": args.preserve_color, "stroke_scale": args.stroke_scale,
              "mask_uri": mask_for(pair.content_uri, input_uri=args.input_uri, mask_uri=args.mask) if args.mask
              else None},
             weight=float(result.width * result.height),
@@ -431,10 +471,6 @@ class _Job:
         self.line.show(self.progress.text(), force=True)
         self.line.close()
         return self.rows
-
-
-def _has_controls(args: argparse.Namespace) -> bool:
-    return args.style_weights is not None or args.mask is not None or args.preserve_color
 
 
 def _style_keys(args: argparse.Namespace) -> list[str]:

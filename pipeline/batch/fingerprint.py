@@ -108,6 +108,7 @@ def pair_settings(
     code: str,
     precision: str,
     controls: Mapping[str, Any] | None = None,
+    stroke_scale: int | str = 1,
 ) -> dict[str, Any]:
     """The settings one output depends on, as a JSON-ready dict (the manifest's ``settings``).
 
@@ -121,6 +122,8 @@ def pair_settings(
         precision: ``--precision`` (:mod:`pipeline.engine.precision`): the reduced modes change pixels.
         controls: the creative controls (:func:`pipeline.engine.controls.control_settings`); absent
             without any, so outputs made without controls keep their fingerprint.
+        stroke_scale: ``--stroke-scale`` as given (an integer or ``"auto"``); absent at 1, the
+            plain cascade, so outputs made without it keep their fingerprint.
     """
     fmt = output_format(output_uri)
     settings = {
@@ -137,6 +140,8 @@ def pair_settings(
     }
     if controls:
         settings["controls"] = dict(sorted(controls.items()))
+    if stroke_scale != 1:
+        settings["stroke_scale"] = stroke_scale
     return settings
 
 

@@ -194,7 +194,7 @@ class BatchChecks:
                                      style_size=args.style_size, mode=args.mode, quality=args.quality,
                                      style=join_styles([style.digest for style in styles]),
                                      output_uri=pair.output_uri, code=code, precision=args.precision,
-                                     controls=controls)
+                                     controls=controls, stroke_scale=args.stroke_scale)
             stamped.append(with_settings(pair, settings))
         return stamped
 

@@ -111,7 +111,8 @@ def test_too_many_pixels_is_refused(weights_dir, content_dir, style_dir, tmp_pat
 def test_help_lists_the_flags():
     proc = subprocess.run([sys.executable, "-m", "jobs.stylize", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
-    for flag in ("--style", "--weights", "--alpha", "--style-size", "--mode", "--tile", "--max-pixels"):
+    for flag in ("--style", "--weights", "--alpha", "--style-size", "--mode", "--tile", "--max-pixels",
+                 "--stroke-scale"):
         assert flag in proc.stdout
 
 
@@ -122,6 +123,9 @@ def test_help_lists_the_flags():
         (["--tile", "100"], "--tile must be a positive multiple of 16"),
         (["--style-size", "0"], "--style-size must be at least 1"),
         (["--quality", "0"], "--quality must be in [1, 100]"),
+        (["--stroke-scale", "0"], "--stroke-scale must be a positive integer or 'auto', got '0'"),
+        (["--stroke-scale", "big"], "--stroke-scale must be a positive integer or 'auto', got 'big'"),
+        (["--stroke-scale", "14"], "--stroke-scale 14 shrinks the 420x420 image to 30x30"),
     ],
 )
 def test_bad_flags_are_refused_before_loading_anything(content_dir, style_dir, tmp_path, capsys, flags, message):

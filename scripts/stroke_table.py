@@ -4,8 +4,8 @@ and the time and peak memory from encoded file to encoded file. Prints docs/stro
 ``python scripts/stroke_table.py [--size 12000x8000 | --content PHOTO] [--repeats 2] [--keep DIR]``
 
 - The input is a photo of ``--size`` made by :func:`jobs.bench.photo_file` (scikit-image's coffee,
-  upscaled with fine grain, JPEG), or ``--content``; the style is the project's painted sample
-  (:func:`jobs.samples.paint_style`, 512 px).
+  upscaled with fine grain, JPEG), or ``--content``; the style is ``--style`` or the project's
+  painted sample (:func:`jobs.samples.paint_style`, 512 px).
 - ``ultrastyle stylize --tile 512`` runs under ``/usr/bin/time -v`` without and with
   ``--stroke-scale auto`` (and any ``--scales``), alternated ``--repeats`` times in one run:
   medians of the wall time and of the maximum resident set size.
@@ -35,6 +35,13 @@ from pipeline.engine.score import Score, score_image
 from pipeline.imaging.imageio import encode_image, image_size, read_view
 
 VIEW = 1024
+
+
+def _painted_style(folder: str) -> str:
+    """The project's painted sample style, written into ``folder``."""
+    path = os.path.join(folder, "strokes.png")
+    paint_style().save(path)
+    return path
 
 
 def stylize(content: str, style: str, output: str, *flags: str) -> tuple[float, float]:
@@ -71,8 +78,7 @@ def files(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="strokes-") as folder:
         keep = args.keep or folder
         os.makedirs(keep, exist_ok=True)
-        style = os.path.join(keep, "strokes.png")
-        paint_style().save(style)
+        style = args.style or _painted_style(keep)
         content = args.content
         if content is None:
             width, height = (int(v) for v in args.size.split("x"))
@@ -121,8 +127,7 @@ def sweep(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="strokes-") as folder:
         keep = args.keep or folder
         os.makedirs(keep, exist_ok=True)
-        style = os.path.join(keep, "strokes.png")
-        paint_style().save(style)
+        style = args.style or _painted_style(keep)
         models = load_model_set(None)
         stats = load_style(style, models)
         scores = {}
@@ -146,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="12000x8000", help="WxH of the generated photo (default 12000x8000)")
     parser.add_argument("--content", default=None, help="a photo to use instead of a generated one")
+    parser.add_argument("--style", default=None, help="the style (default: the project's painted sample, 512 px)")
     parser.add_argument("--scales", default="auto", help="stroke scales to run besides plain (default auto)")
     parser.add_argument("--repeats", type=int, default=2, help="alternated runs of each (default 2)")
     parser.add_argument("--sweep", default=None, help="comma-separated stroke scales: the reference-size sweep")

@@ -19,21 +19,24 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import PurePosixPath
+from typing import Any
 
 from fsspec.core import url_to_fs
 
-from pipeline.batch.preflight import UsageError, check_format, check_output_location
-from pipeline.engine.controls import check_mask_size, check_weights, parse_weights, style_levels
-from pipeline.engine.models import load_model_set
-from pipeline.engine.precision import DEFAULT_PRECISION, PRECISIONS
-from pipeline.engine.runner import MODES, choose_mode, load_style, stylize_file
-from pipeline.engine.strokes import DEFAULT_STROKE_SCALE, parse_stroke_scale, resolve_stroke_scale, stroke_tile_rounds
-from pipeline.imaging.imageio import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, image_size, output_format
-from pipeline.imaging.tiles import TILE_ALIGN
+from jobs.flags import default, flag_message, options_from
+from pipeline.batch.preflight import UsageError, check_output_location
+from pipeline.engine.controls import check_mask_size, style_levels
+from pipeline.engine.device import resolve_device
+from pipeline.engine.models import load_models
+from pipeline.engine.runner import choose_mode, load_style, stylize_file
+from pipeline.engine.strokes import resolve_stroke_scale, stroke_tile_rounds
+from pipeline.imaging.imageio import IMAGE_EXTENSIONS, ImageError, image_size, output_format
+from pipeline.options import MODES, PRECISIONS, BatchOptions, OptionError, StyleOptions
 from pipeline.progress import ProgressLine, TileProgress
 
-__all__ = ["build_parser", "check_args", "main"]
+__all__ = ["build_options", "build_parser", "main"]
 
 log = logging.getLogger("ultrastyle")
 
@@ -49,120 +52,112 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _style(option: str) -> Any:
+    return default(StyleOptions, option)
+
+
+def _batch(option: str) -> Any:
+    return default(BatchOptions, option)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The flags; each one that sets an option has the option's name as its destination and its default."""
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("content", nargs="?", help="content image or prefix (same as --input)")
     p.add_argument("--input", help="content image, folder or prefix (any fsspec URI)")
     p.add_argument("--style", action="append", help="style image URI (repeat for several styles)")
     p.add_argument("--output", help="output file (single image) or prefix (batch)")
-    p.add_argument("--weights", help="weights folder, bundle or <publish>/latest (default: $ULTRASTYLE_WEIGHTS, "
+    p.add_argument("--weights", default=_style("weights"),
+                   help="weights folder, bundle or <publish>/latest (default: $ULTRASTYLE_WEIGHTS, "
                    "else the CD 16x files embedded in the package: no download)")
-    p.add_argument("--alpha", type=float, default=1.0, help="style strength in [0, 1] (default 1)")
+    p.add_argument("--alpha", type=float, default=_style("alpha"), help="style strength in [0, 1] (default 1)")
     p.add_argument("--style-weights", default=None, metavar="W1,W2,...",
                    help="blend the --style images into one output with these weights (one per style, "
                    "non-negative, normalised to sum 1)")
-    p.add_argument("--mask", default=None, metavar="URI",
+    p.add_argument("--mask", default=_style("mask"), metavar="URI",
                    help="single image: a greyscale image of the content's size whose value i picks the i-th "
                    "--style (from 0); batch: a folder or prefix holding <content stem>.png for each content image")
     p.add_argument("--preserve-color", action="store_true",
                    help="keep the content's colours: the output takes the stylized luminance and the content's "
                    "chroma (YCbCr)")
-    p.add_argument("--style-size", type=int, default=None, help="resize the style's longer side to N px")
-    p.add_argument("--stroke-scale", default=str(DEFAULT_STROKE_SCALE), metavar="S|auto",
+    p.add_argument("--style-size", type=int, default=_style("style_size"),
+                   help="resize the style's longer side to N px")
+    p.add_argument("--stroke-scale", default=_style("stroke_scale"), metavar="S|auto",
                    help="brush strokes S times larger at the same output size (coarse to fine: the image shrunk by "
                    "S is stylized too and its low frequencies kept); auto: S from the image size, so that the "
-                   "picture seen whole on a screen reads as the style (about 1 per 1024 px of its longer side). "
-                   f"Default {DEFAULT_STROKE_SCALE}: the plain cascade")
-    p.add_argument("--mode", choices=MODES, default="auto",
+                   "picture seen whole on a screen reads as the style (S = longer side / 1024, rounded). "
+                   "Default 1: the plain cascade")
+    p.add_argument("--mode", choices=MODES, default=_style("mode"),
                    help="whole: in memory; exact: tiled, same result; auto: exact when larger than one tile; "
                    "thumbnail: tiled in one pass with statistics from a 1024-px copy (faster, approximate)")
-    p.add_argument("--tile", type=int, default=1024, help="tile core side in px, multiple of 16 (default 1024)")
-    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+    p.add_argument("--tile", type=int, default=_style("tile"),
+                   help="tile core side in px, multiple of 16 (default 1024)")
+    p.add_argument("--device", default=_style("device"), metavar="auto|cpu|cuda[:N]",
+                   help="where the networks run: auto (default) takes CUDA when torch sees a GPU, else the CPU; "
+                   "batch: each model actor runs on CUDA when it has a GPU (--gpus-per-worker), else on the CPU")
+    p.add_argument("--precision", choices=PRECISIONS, default=_style("precision"),
                    help="arithmetic of the networks: fp32 (exact, TF32 off), tf32 (TF32 allowed on GPUs), bf16 or "
                    "fp16 (convolutions in that dtype; statistics stay float64). Default fp32")
-    p.add_argument("--tile-batch", type=int, default=None,
+    p.add_argument("--tile-batch", type=int, default=_style("tile_batch"),
                    help="equal-size tile regions put through a network at once (default: 4 on a GPU, where one "
                    "tile leaves it idle; 1 on the CPU, where batching does not help)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 1e9)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
-    p.add_argument("--storage-options", type=json.loads, default=None,
+    p.add_argument("--max-pixels", type=int, default=_style("max_pixels"), help="refuse larger images (default 1e9)")
+    p.add_argument("--quality", type=int, default=_style("quality"), help="JPEG/WebP quality (default 95)")
+    p.add_argument("--storage-options", type=json.loads, default=_style("storage_options"),
                    help='JSON passed to fsspec, e.g. \'{"client_kwargs": {"endpoint_url": "http://..."}}\'')
-    p.add_argument("--format", default=None, help="batch output extension (default: the input's)")
+    p.add_argument("--format", default=_batch("format"), help="batch output extension (default: the input's)")
     p.add_argument("--overwrite", action="store_true",
                    help="batch: redo every pair, also those an earlier run finished with the same settings")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=int, default=_batch("workers"),
                    help="model actors (batch; default: one per GPU, else one per --cpus-per-worker CPUs)")
-    p.add_argument("--gpus-per-worker", type=float, default=None,
-                   help="GPUs per model actor (batch; default 1 when the cluster has GPUs, else 0)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0,
+    p.add_argument("--gpus-per-worker", type=float, default=_batch("gpus_per_worker"),
+                   help="GPUs per model actor (batch; default 1 when the cluster has GPUs and --device is auto, "
+                   "or with --device cuda; else 0)")
+    p.add_argument("--cpus-per-worker", type=float, default=_batch("cpus_per_worker"),
                    help="CPUs per model actor, also its torch threads (batch; default 1)")
-    p.add_argument("--io-cpus", type=float, default=0.0,
+    p.add_argument("--io-cpus", type=float, default=_batch("io_cpus"),
                    help="CPUs per read/cut and write task (batch; default 0: I/O bound, bounded by admission)")
-    p.add_argument("--max-in-flight", type=int, default=4, help="images in flight at once (batch; default 4)")
-    p.add_argument("--max-in-flight-mp", type=float, default=None,
+    p.add_argument("--max-in-flight", type=int, default=_batch("max_in_flight"),
+                   help="images in flight at once (batch; default 4)")
+    p.add_argument("--max-in-flight-mp", type=float, default=_batch("max_in_flight_mp"),
                    help="megapixels in flight at once, read from the headers (batch; default: half the cluster's "
                    "object store at 32 bytes per pixel; a larger image runs alone)")
-    p.add_argument("--retries", type=int, default=3,
+    p.add_argument("--retries", type=int, default=_batch("retries"),
                    help="actor restarts and retries of calls and tasks lost with a worker (batch; default 3)")
-    p.add_argument("--progress-seconds", type=float, default=10.0,
+    p.add_argument("--progress-seconds", type=float, default=_batch("progress_seconds"),
                    help="interval of the progress line when stderr is not a terminal (default 10)")
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse bad flags before loading models, listing inputs or starting Ray (each error names its flag).
+def _parse_weights(text: str | None) -> tuple[float, ...] | None:
+    """``"0.7,0.3"`` -> ``(0.7, 0.3)``; the options check the values."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError as e:
+        raise OptionError("style_weights", f"must be comma-separated numbers, got {text!r}") from e
+
+
+def build_options(args: argparse.Namespace, content: str) -> BatchOptions:
+    """The command line as options, checked before loading models, listing inputs or starting Ray.
+
+    Args:
+        args: the parsed flags.
+        content: the content image, folder or prefix (``CONTENT`` or ``--input``).
 
     Raises:
-        UsageError: the first bad flag found.
+        UsageError: ``--style`` or ``--output`` missing.
+        OptionError: the first bad value (names the option; :func:`~jobs.flags.flag_message`
+            names its flag).
     """
     if not args.style:
         raise UsageError("--style is required")
     if not args.output:
         raise UsageError("--output is required (an image file, or an output prefix for a batch)")
-    if args.style_size is not None and args.style_size < 1:
-        raise UsageError(f"--style-size must be at least 1, got {args.style_size}")
-    if not 1 <= args.quality <= 100:
-        raise UsageError(f"--quality must be in [1, 100], got {args.quality}")
-    if args.tile <= 0 or args.tile % TILE_ALIGN:
-        raise UsageError(f"--tile must be a positive multiple of {TILE_ALIGN}, got {args.tile}")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
-    try:
-        args.stroke_scale = parse_stroke_scale(args.stroke_scale)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    _check_controls(args)
-    for name in ("max_in_flight", "max_pixels"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("workers", "tile_batch"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.max_in_flight_mp is not None and args.max_in_flight_mp <= 0:
-        raise UsageError(f"--max-in-flight-mp must be positive, got {args.max_in_flight_mp}")
-    if args.cpus_per_worker <= 0 or args.progress_seconds <= 0:
-        raise UsageError("--cpus-per-worker and --progress-seconds must be positive, got "
-                         f"{args.cpus_per_worker} and {args.progress_seconds}")
-    if args.io_cpus < 0 or args.retries < 0 or (args.gpus_per_worker or 0) < 0:
-        raise UsageError("--io-cpus, --retries and --gpus-per-worker cannot be negative, got "
-                         f"{args.io_cpus}, {args.retries} and {args.gpus_per_worker}")
-    check_format(args.format)
-
-
-def _check_controls(args: argparse.Namespace) -> None:
-    """Refuse bad ``--style-weights`` / ``--mask`` combinations (parsing the weights into a tuple)."""
-    if isinstance(args.style_weights, str):
-        try:
-            args.style_weights = parse_weights(args.style_weights)
-        except ValueError as e:
-            raise UsageError(str(e)) from e
-    if args.style_weights is not None:
-        if args.mask is not None:
-            raise UsageError("--style-weights and --mask do not go together: the mask picks one style per pixel")
-        try:
-            check_weights(args.style_weights, len(args.style))
-        except ValueError as e:
-            raise UsageError(str(e)) from e
+    style_options = options_from(StyleOptions, args, style_weights=_parse_weights(args.style_weights))
+    return options_from(BatchOptions, args, input_uri=content, output_uri=args.output, style_uris=args.style,
+                        style_options=style_options)
 
 
 def _is_single(uri: str, storage_options: dict | None) -> bool:
@@ -173,78 +168,79 @@ def _is_single(uri: str, storage_options: dict | None) -> bool:
     return PurePosixPath(path).suffix.lower() in IMAGE_EXTENSIONS and not fs.isdir(path)
 
 
-def _run_single(args: argparse.Namespace, content: str) -> int:
-    if len(args.style) > 1 and args.style_weights is None and args.mask is None:
+def _run_single(options: BatchOptions) -> int:
+    """Stylize the one image ``options.input_uri`` into ``options.output_uri`` in this process."""
+    style_options, content, output = options.style_options, options.input_uri, options.output_uri
+    controls = style_options.style_weights is not None or style_options.mask is not None
+    if len(options.style_uris) > 1 and not controls:
         raise UsageError("a single image takes one --style, or several with --style-weights (one blended output) "
                          "or --mask (a style per region); give an input folder or prefix for one output per style")
+    style_options = replace(style_options, device=resolve_device(style_options.device))
+    storage_options, mask = style_options.storage_options, style_options.mask
     try:
-        output_format(args.output)
+        output_format(output)
     except ImageError as e:
         raise UsageError(f"--output {e}") from e
-    check_output_location(args.output, args.storage_options, folder=False)
+    check_output_location(output, storage_options, folder=False)
     try:
-        size: tuple[int, int] | None = image_size(content, args.storage_options)
+        size: tuple[int, int] | None = image_size(content, storage_options)
     except ImageError:
-        if args.mask is not None:
+        if mask is not None:
             raise
         size = None  # stylize_file refuses the input below, with the decoder's own message
-    if args.mask is not None:
+    if mask is not None:
         width, height = size
-        check_mask_size(args.mask, height, width, args.storage_options)
+        check_mask_size(mask, height, width, storage_options)
     if size is not None:
-        try:
-            resolve_stroke_scale(args.stroke_scale, size[1], size[0])
-        except ValueError as e:
-            raise UsageError(str(e)) from e
+        resolve_stroke_scale(style_options.stroke_scale, size[1], size[0])  # an S too large fails before loading
     start = time.perf_counter()
-    models = load_model_set(args.weights, storage_options=args.storage_options, precision=args.precision,
-                            tile_batch=args.tile_batch)
-    styles = [load_style(uri, models, style_size=args.style_size, storage_options=args.storage_options,
-                         max_pixels=args.max_pixels) for uri in args.style]
-    style = style_levels(styles, weights=args.style_weights, masked=args.mask is not None)
-    log.info("models %s loaded (%s, %d tile(s) per network call) and style statistics ready in %.1f s",
-             models.model_id, models.precision, models.tile_batch, time.perf_counter() - start)
-    line = ProgressLine(log, seconds=args.progress_seconds)
+    models = load_models(style_options)
+    styles = [load_style(uri, models, style_size=style_options.style_size, storage_options=storage_options,
+                         max_pixels=style_options.max_pixels) for uri in options.style_uris]
+    style = style_levels(styles, weights=style_options.style_weights, masked=mask is not None)
+    log.info("models %s loaded (on %s, %s, %d tile(s) per network call) and style statistics ready in %.1f s",
+             models.model_id, models.device, models.precision, models.tile_batch, time.perf_counter() - start)
+    line = ProgressLine(log, seconds=options.progress_seconds)
     progress = None
     if size is not None:
         width, height = size
-        mode = choose_mode(args.mode, height, width, args.tile)
+        mode = choose_mode(style_options.mode, height, width, style_options.tile)
         if mode != "whole":
-            scale = resolve_stroke_scale(args.stroke_scale, height, width)
-            rounds = stroke_tile_rounds(height, width, tile=args.tile, levels=len(models.levels), scale=scale,
-                                        exact=mode == "exact")
+            scale = resolve_stroke_scale(style_options.stroke_scale, height, width)
+            rounds = stroke_tile_rounds(height, width, tile=style_options.tile, levels=len(models.levels),
+                                        scale=scale, exact=mode == "exact")
             progress = TileProgress(rounds, line)
     report = stylize_file(
         content,
-        args.output,
+        output,
         style,
         models,
-        mode=args.mode,
-        tile=args.tile,
-        alpha=args.alpha,
-        stroke_scale=args.stroke_scale,
-        max_pixels=args.max_pixels,
-        quality=args.quality,
-        storage_options=args.storage_options,
+        mode=style_options.mode,
+        tile=style_options.tile,
+        alpha=style_options.alpha,
+        stroke_scale=style_options.stroke_scale,
+        max_pixels=style_options.max_pixels,
+        quality=style_options.quality,
+        storage_options=storage_options,
         on_level=lambda level, s: log.info("level %d done in %.2f s", level, s),
         on_tile=progress,
-        mask_uri=args.mask,
-        preserve_color=args.preserve_color,
+        mask_uri=mask,
+        preserve_color=style_options.preserve_color,
     )
     line.close()
     total = time.perf_counter() - start
     log.info(
         "wrote %s (%dx%d, %s mode, %d tiles, stroke scale %d) in %.1f s (%.3f MP/s)",
-        args.output, report.width, report.height, report.mode, report.tiles, report.stroke_scale, total,
+        output, report.width, report.height, report.mode, report.tiles, report.stroke_scale, total,
         report.width * report.height / 1e6 / report.seconds["stylize"],
     )
     return 0
 
 
-def _run_batch(args: argparse.Namespace, content: str) -> int:
+def _run_batch(options: BatchOptions) -> int:
     from pipeline.batch.driver import run_batch
 
-    return run_batch(args, content)
+    return run_batch(options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,14 +256,15 @@ def main(argv: list[str] | None = None) -> int:
             content, args.style = str(content_dir), [str(style_dir / "strokes.png")]
             args.output = args.output or DEFAULT_OUTPUT
             log.info("no --input: stylizing the sample images in %s into %s", SAMPLES_DIR, args.output)
-        check_args(args)
-        if _is_single(content, args.storage_options):
-            return _run_single(args, content)
-        return _run_batch(args, content)
+        options = build_options(args, content)
+        if _is_single(content, options.style_options.storage_options):
+            return _run_single(options)
+        return _run_batch(options)
     except (ImageError, ValueError, OSError, RuntimeError) as e:  # WeightsError is a RuntimeError
-        message = " ".join(str(e).split()) or type(e).__name__  # one line, however the library wrapped it
+        message = flag_message(e) if isinstance(e, OptionError) else str(e)
+        message = " ".join(message.split()) or type(e).__name__  # one line, however the library wrapped it
         print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2 if isinstance(e, UsageError) else 1
+        return 2 if isinstance(e, UsageError | OptionError) else 1
 
 
 if __name__ == "__main__":

@@ -23,6 +23,17 @@ from models.weights import EMBEDDED_DIR
 torch.set_num_threads(2)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda`` when torch sees no GPU; ``pytest -m cuda`` selects them all
+    (``scripts/gpu_check.sh`` runs them that way on a GPU machine)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible to torch)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 def _square(name: str, side: int) -> Image.Image:
     """The centred square crop of a scikit-image photo, scaled to ``side``."""
     img = Image.open(skimage_photo(name)).convert("RGB")

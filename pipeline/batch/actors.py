@@ -30,7 +30,6 @@ from pipeline.engine.models import load_model_set
 from pipeline.engine.precision import DEFAULT_PRECISION, Precision, tf32_flags
 from pipeline.engine.runner import Mode, RunReport, StyleLevels, StyleStats, load_style, read_content, stylize_file
 from pipeline.engine.stats import TileStats
-from pipeline.engine.strokes import DEFAULT_STROKE_SCALE, StrokeScale
 from pipeline.engine.tiled import level_geometry, round_a_tiles, round_b_tiles
 from pipeline.engine.wct import ColorTransform, TransformSet
 from pipeline.imaging.canvas import Canvas, MemoryCanvas
@@ -39,6 +38,7 @@ from pipeline.imaging.imageio import ImageError
 from pipeline.imaging.output import canvas_to_uint8, write_canvas
 from pipeline.imaging.resample import BandSplit, band_split_tile, box_downscale, label_downscale
 from pipeline.imaging.tiles import Rect, Tile, canvas_size, plan_tiles
+from pipeline.options import DEFAULT_STROKE_SCALE, StrokeScale
 
 __all__ = ["CallInfo", "CutImage", "ImageHeader", "ModelActor", "WorkerInfo", "cut_image", "write_chunks"]
 

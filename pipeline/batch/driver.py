@@ -28,7 +28,6 @@ Ray and its calls retried; a pair whose objects or tasks were lost with a node i
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import logging
 import os
@@ -57,8 +56,9 @@ from pipeline.batch.manifest import (
     resume,
     summarize,
 )
-from pipeline.batch.preflight import check_batch, check_placement, default_workers
+from pipeline.batch.preflight import check_actor_device, check_batch, check_placement, default_workers
 from pipeline.engine.controls import join_styles, label_count, mask_for, split_styles, style_levels
+from pipeline.engine.device import resolve_device
 from pipeline.engine.runner import StyleStats
 from pipeline.engine.strokes import resolve_stroke_scale, run_strokes, stroke_tile_rounds
 from pipeline.engine.tiled import cascade_geometry, run_levels
@@ -66,6 +66,7 @@ from pipeline.imaging.chunks import intersection
 from pipeline.imaging.imageio import check_pixels, image_size
 from pipeline.imaging.resample import BandSplit
 from pipeline.imaging.tiles import Rect, Tile, canvas_size, plan_tiles
+from pipeline.options import BatchOptions, StyleOptions
 from pipeline.progress import BatchProgress, ProgressLine
 
 __all__ = ["STORE_BYTES_PER_PIXEL", "BatchSettings", "run_batch"]
@@ -76,7 +77,7 @@ log = logging.getLogger("ultrastyle.batch")
 _ONE_CALL_MODES = ("whole", "thumbnail")
 # Object-store bytes per image pixel in flight, at the peak of the exact cascade with the 16x
 # models (level 3: its cached features, 16 B, and the next level's float32 image, 12 B, the
-# input alpha 1 B, rounded up); the README gives the measured figure.
+# input alpha 1 B, rounded up); docs/benchmarks.md gives the measured figure.
 STORE_BYTES_PER_PIXEL = 32
 # First wait before a pair lost with a worker or node runs again (doubled at each retry).
 _RETRY_SECONDS = 2.0
@@ -87,12 +88,13 @@ _STORE_SHARE = 0.5
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """The job's knobs, from the command line (see ``jobs/stylize.py``).
+    """The job's cluster settings, with the defaults that depend on the cluster resolved
+    (from :class:`~pipeline.options.BatchOptions`).
 
     Attributes:
         workers: model actors.
-        gpus_per_worker, cpus_per_worker: what each actor reserves; GPUs > 0 puts the
-            models on CUDA, and the CPUs set its torch threads.
+        gpus_per_worker, cpus_per_worker: what each actor reserves; the CPUs set its torch threads.
+        device: where each actor loads its models: ``cuda`` when it reserves GPUs, else ``cpu``.
         io_cpus: CPUs each read/cut and write task reserves (0: they are I/O bound and
             their number is bounded by admission).
         max_in_flight: images being processed at once.
@@ -106,15 +108,12 @@ class BatchSettings:
     workers: int
     gpus_per_worker: float
     cpus_per_worker: float
+    device: str
     io_cpus: float
     max_in_flight: int
     max_in_flight_mp: float
     retries: int
     progress_seconds: float
-
-    @property
-    def device(self) -> str:
-        return "cuda" if self.gpus_per_worker > 0 else "cpu"
 
 
 def _connect_ray() -> bool:
@@ -131,29 +130,32 @@ def _connect_ray() -> bool:
     return address is None
 
 
-def _settings(args: argparse.Namespace) -> BatchSettings:
-    """Resolve the defaults that depend on the cluster: GPUs when it has them, else CPUs; the
-    pixel budget from the object store."""
+def _settings(options: BatchOptions) -> BatchSettings:
+    """Resolve the defaults that depend on the cluster: GPU actors (on CUDA) when it has GPUs
+    and the device allows them, else CPU actors; the pixel budget from the object store."""
     resources = ray.cluster_resources()
-    gpus = args.gpus_per_worker
+    device = options.style_options.device
+    gpus = options.gpus_per_worker
     if gpus is None:
-        gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
-    cpus = args.cpus_per_worker
-    workers = args.workers
+        gpus = 1.0 if device == "cuda" or (device == "auto" and resources.get("GPU", 0) > 0) else 0.0
+    cpus = options.cpus_per_worker
+    workers = options.workers
     if workers is None:
-        workers = default_workers(_nodes(), cpus=cpus, gpus=gpus, io_cpus=args.io_cpus)
-    budget = args.max_in_flight_mp
+        workers = default_workers(_nodes(), cpus=cpus, gpus=gpus, io_cpus=options.io_cpus)
+    budget = options.max_in_flight_mp
     if budget is None:
         budget = resources.get("object_store_memory", 0) * _STORE_SHARE / STORE_BYTES_PER_PIXEL / 1e6
     return BatchSettings(
         workers=workers,
         gpus_per_worker=gpus,
         cpus_per_worker=cpus,
-        io_cpus=args.io_cpus,
-        max_in_flight=args.max_in_flight,
+        # The actor loads the models, so what counts is whether it has a GPU, not whether this driver does.
+        device=resolve_device(device, cuda_available=gpus > 0),
+        io_cpus=options.io_cpus,
+        max_in_flight=options.max_in_flight,
         max_in_flight_mp=budget,
-        retries=args.retries,
-        progress_seconds=args.progress_seconds,
+        retries=options.retries,
+        progress_seconds=options.progress_seconds,
     )
 
 
@@ -219,13 +221,14 @@ class _Job:
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        options: BatchOptions,
         settings: BatchSettings,
         writer: ManifestWriter,
         pool: ModelPool,
         progress: BatchProgress,
     ) -> None:
-        self.args, self.settings, self.writer = args, settings, writer
+        self.options, self.settings, self.writer = options, settings, writer
+        self.style_options = options.style_options
         self.pool, self.progress = pool, progress
         info = pool.infos[0]
         self.model_id = info.model_id
@@ -269,10 +272,11 @@ class _Job:
         """Every style's statistics, computed once on the actors (in parallel), and each
         combination of styles (``--style-weights``, ``--mask``) built from them."""
         styles = {uri: _Style(uri) for key in dict.fromkeys(keys) for uri in split_styles(key)}
-        args = self.args
+        style_options = self.style_options
 
         def load(style: _Style) -> None:
-            call = Call("style", (style.uri,), {"style_size": args.style_size, "max_pixels": args.max_pixels})
+            call = Call("style", (style.uri,),
+                        {"style_size": style_options.style_size, "max_pixels": style_options.max_pixels})
             try:
                 [done] = self.pool.run([call])
             except Exception as e:
@@ -293,8 +297,8 @@ class _Job:
         failed = next((p for p in parts if p.error), None)
         if failed is not None:
             return _Style(key, error=failed.error)
-        levels = style_levels([p.stats for p in parts], weights=self.args.style_weights,
-                              masked=self.args.mask is not None)
+        levels = style_levels([p.stats for p in parts], weights=self.style_options.style_weights,
+                              masked=self.style_options.mask is not None)
         return _Style(key, stats=levels, ref=ray.put(levels))
 
     # -- one pair ----------------------------------------------------------------------------
@@ -320,26 +324,26 @@ class _Job:
                             error=one_line_error(e))
 
     def _stylize(self, pair: Pair, style: _Style, result: _PairResult) -> None:
-        args, settings = self.args, self.settings
+        style_options, settings = self.style_options, self.settings
         width, height = result.width, result.height
-        tiles = plan_tiles(height, width, tile=args.tile)
+        tiles = plan_tiles(height, width, tile=style_options.tile)
         result.tiles = len(tiles)
-        if args.mode in _ONE_CALL_MODES or len(tiles) == 1:
+        if style_options.mode in _ONE_CALL_MODES or len(tiles) == 1:
             self._stylize_in_one_call(pair, style, result)
             return
         # Every control runs tile-split like a plain pair: a mask as one label core per tile,
         # colour preservation on the last round's cores, a stroke scale as a second, shrunk image.
         result.mode = "tiled"
-        scale = resolve_stroke_scale(args.stroke_scale, height, width)
+        scale = resolve_stroke_scale(style_options.stroke_scale, height, width)
         split = BandSplit(height, width, scale) if scale > 1 else None
-        coarse_tiles = plan_tiles(*split.coarse_size, tile=args.tile) if split else []
+        coarse_tiles = plan_tiles(*split.coarse_size, tile=style_options.tile) if split else []
         labels = label_count(next(iter(style.stats.values())))
         layout = CutImage(len(tiles), len(coarse_tiles), masked=labels > 0)
-        mask_uri = mask_for(pair.content_uri, input_uri=args.input_uri, mask_uri=args.mask) if labels else None
+        mask_uri = self._mask_uri(pair) if labels else None
         refs = cut_image.options(num_returns=layout.returns, num_cpus=settings.io_cpus,
                                  max_retries=settings.retries).remote(
-            pair.content_uri, width=width, height=height, tile=args.tile, max_pixels=args.max_pixels,
-            storage_options=args.storage_options, mask_uri=mask_uri, styles=labels, stroke_scale=scale,
+            pair.content_uri, width=width, height=height, tile=style_options.tile, max_pixels=style_options.max_pixels,
+            storage_options=style_options.storage_options, mask_uri=mask_uri, styles=labels, stroke_scale=scale,
         )
         parts = layout.parts(refs)
         del refs
@@ -347,21 +351,22 @@ class _Job:
         result.seconds["read"] = header.read_seconds
         alphas = parts["alpha"] if header.has_alpha else []
         executors = [self._executor(parts["image"], parts["mask"], tiles, (height, width), labels=labels,
-                                    preserve_color=args.preserve_color)]
+                                    preserve_color=style_options.preserve_color)]
         if split is not None:
             executors.append(self._executor(parts["coarse"], parts["coarse_mask"], coarse_tiles, split.coarse_size,
                                             labels=labels))
         del parts
         executor = executors[0]
-        self.progress.add_tiles(stroke_tile_rounds(height, width, tile=args.tile, levels=len(self.geometry),
-                                                   scale=scale, exact=True))
+        self.progress.add_tiles(stroke_tile_rounds(height, width, tile=style_options.tile,
+                                                   levels=len(self.geometry), scale=scale, exact=True))
         start = time.perf_counter()
         try:
             if split is None:
-                result.seconds["reduce"] = run_levels(executor, tiles, self.geometry, style.stats, alpha=args.alpha)
+                result.seconds["reduce"] = run_levels(executor, tiles, self.geometry, style.stats,
+                                                      alpha=style_options.alpha)
             else:
                 seconds = run_strokes(executor, executors[1], tiles, coarse_tiles, self.geometry, style.stats,
-                                      split=split, alpha=args.alpha)
+                                      split=split, alpha=style_options.alpha)
                 result.seconds["reduce"] = seconds["reduce"]
         finally:
             result.seconds["stylize"] = time.perf_counter() - start
@@ -373,7 +378,7 @@ class _Job:
         alpha_rects = [intersection(core, bounds) for core in cores] if alphas else []
         written = write_chunks.options(num_cpus=settings.io_cpus, max_retries=settings.retries).remote(
             pair.output_uri, height, width, cores, alpha_rects, header.icc_profile, *executor.image, *alphas,
-            quality=args.quality, storage_options=args.storage_options,
+            quality=style_options.quality, storage_options=style_options.storage_options,
         )
         for e in executors:
             e.image = []
@@ -391,21 +396,26 @@ class _Job:
     ) -> RayExecutor:
         """A :class:`RayExecutor` of one image's cores (and its mask's, with ``labels``)."""
         return RayExecutor(self.pool, image, tiles, canvas_size(*size),
-                           tiles_per_call=tiles_per_call(len(tiles), self.args.tile, self.pool.alive),
+                           tiles_per_call=tiles_per_call(len(tiles), self.style_options.tile, self.pool.alive),
                            on_tile=self.progress.tiles, mask=mask if labels else None, labels=labels,
                            preserve_color=preserve_color)
 
+    def _mask_uri(self, pair: Pair) -> str:
+        """The mask of ``pair``'s content image (:func:`~pipeline.engine.controls.mask_for`)."""
+        return mask_for(pair.content_uri, input_uri=self.options.input_uri, mask_uri=self.style_options.mask)
+
     def _stylize_in_one_call(self, pair: Pair, style: _Style, result: _PairResult) -> None:
         """One actor call reads, stylizes and writes (small images, ``whole``/``thumbnail`` modes)."""
-        args = self.args
+        style_options = self.style_options
+        mask_uri = None if style_options.mask is None else self._mask_uri(pair)
         self.progress.add_tiles(1)
         call = Call(
             "stylize_file",
             (pair.content_uri, style.ref, pair.output_uri),
-            {"mode": args.mode, "tile": args.tile, "alpha": args.alpha, "max_pixels": args.max_pixels,
-             "quality": args.quality, "preserve_color": args.preserve_color, "stroke_scale": args.stroke_scale,
-             "mask_uri": mask_for(pair.content_uri, input_uri=args.input_uri, mask_uri=args.mask) if args.mask
-             else None},
+            {"mode": style_options.mode, "tile": style_options.tile, "alpha": style_options.alpha,
+             "max_pixels": style_options.max_pixels, "quality": style_options.quality,
+             "preserve_color": style_options.preserve_color, "mask_uri": mask_uri,
+             "stroke_scale": style_options.stroke_scale},
             weight=float(result.width * result.height),
         )
         [done] = self.pool.run([call])
@@ -421,8 +431,8 @@ class _Job:
 
     def _probe(self, pair: Pair) -> tuple[int, int]:
         """The image's size from its header, refused over ``--max-pixels`` before any decoding."""
-        width, height = image_size(pair.content_uri, self.args.storage_options)
-        check_pixels(pair.content_uri, width, height, self.args.max_pixels)
+        width, height = image_size(pair.content_uri, self.style_options.storage_options)
+        check_pixels(pair.content_uri, width, height, self.style_options.max_pixels)
         return width, height
 
     def run(self, pairs: Sequence[Pair]) -> list[ManifestRow]:
@@ -473,9 +483,10 @@ class _Job:
         return self.rows
 
 
-def _style_keys(args: argparse.Namespace) -> list[str]:
+def _style_keys(options: BatchOptions) -> list[str]:
     """One output per style, or one per content image from all styles (a blend or a mask)."""
-    return [join_styles(args.style)] if args.style_weights is not None or args.mask is not None else list(args.style)
+    combined = options.style_options.style_weights is not None or options.style_options.mask is not None
+    return [join_styles(options.style_uris)] if combined else list(options.style_uris)
 
 
 def _nodes() -> list[dict[str, float]]:
@@ -484,7 +495,7 @@ def _nodes() -> list[dict[str, float]]:
 
 
 def _start_actors(
-    args: argparse.Namespace, settings: BatchSettings, run_id: str, weights: WeightSet
+    options: StyleOptions, settings: BatchSettings, run_id: str, weights: WeightSet
 ) -> list[ActorHandle]:
     check_placement(_nodes(), workers=settings.workers, cpus=settings.cpus_per_worker,
                     gpus=settings.gpus_per_worker, io_cpus=settings.io_cpus)
@@ -502,65 +513,66 @@ def _start_actors(
             name=f"model-{i}",
             device=settings.device,
             threads=threads,
-            storage_options=args.storage_options,
-            precision=args.precision,
-            tile_batch=args.tile_batch,
+            storage_options=options.storage_options,
+            precision=options.precision,
+            tile_batch=options.tile_batch,
         )
         for i in range(settings.workers)
     ]
 
 
-def _pairs_to_run(pairs: list[Pair], args: argparse.Namespace) -> tuple[list[Pair], list[ManifestRow]]:
+def _pairs_to_run(pairs: list[Pair], options: BatchOptions) -> tuple[list[Pair], list[ManifestRow]]:
     """Split the plan into pairs to run and rows already decided (see :func:`~pipeline.batch.manifest.resume`)."""
+    storage_options = options.style_options.storage_options
     return resume(
         pairs,
-        read_manifest(args.output, args.storage_options),
-        existing_files(args.output, args.storage_options),
-        overwrite=args.overwrite,
-        storage_options=args.storage_options,
+        read_manifest(options.output_uri, storage_options),
+        existing_files(options.output_uri, storage_options),
+        overwrite=options.overwrite,
+        storage_options=storage_options,
     )
 
 
-def run_batch(args: argparse.Namespace, content_uri: str) -> int:
-    """Stylize every image under ``content_uri`` with every ``--style`` on Ray; write the manifest.
+def run_batch(options: BatchOptions) -> int:
+    """Stylize every image under ``options.input_uri`` with every style on Ray; write the manifest.
 
     Args:
-        args: parsed ``jobs.stylize`` flags (``style``, ``output``, ``weights``, ``alpha``,
-            ``style_size``, ``mode``, ``tile``, ``max_pixels``, ``quality``,
-            ``storage_options``, ``format``, ``workers``, ``gpus_per_worker``,
-            ``cpus_per_worker``, ``io_cpus``, ``max_in_flight``, ``max_in_flight_mp``,
-            ``retries``, ``progress_seconds``, ``overwrite``, ``precision``).
-        content_uri: a folder or prefix (local or any fsspec URI).
+        options: the job (inputs, styles, output, the picture and engine settings, the cluster
+            settings), as ``jobs.stylize`` builds it from its flags.
 
     Returns:
         0 when every pair is ``ok`` or ``skipped``, 1 when any failed or the actors could
         not start.
 
     Raises:
-        ValueError: invalid flags (:class:`~pipeline.batch.preflight.UsageError` for actors the
-            cluster cannot place).
+        OptionError: a device the actors cannot honour, or an output ``format`` we cannot write.
+        UsageError: actors the cluster cannot place
+            (:func:`~pipeline.batch.preflight.check_placement`).
         FileNotFoundError, OSError: the input or output cannot be listed or written
             (missing bucket, unreachable endpoint), with a one-line message.
         WeightsError, ImageError: the weights or every style fail the driver's checks
             (:func:`~pipeline.batch.preflight.check_batch`).
     """
     start = time.perf_counter()
-    args.input_uri = content_uri  # masks are found by their content's path below it
-    contents = list_inputs(content_uri, args.storage_options, exclude_uri=args.output)
-    if args.mask is not None:  # a mask prefix inside the input holds masks, not content images
+    check_actor_device(options.style_options.device, options.gpus_per_worker)
+    storage_options, mask = options.style_options.storage_options, options.style_options.mask
+    contents = list_inputs(options.input_uri, storage_options, exclude_uri=options.output_uri)
+    if mask is not None:  # a mask prefix inside the input holds masks, not content images
         try:
-            masks = set(list_inputs(args.mask, args.storage_options))
+            masks = set(list_inputs(mask, storage_options))
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"--mask {args.mask}: no such folder or prefix of masks") from e
+            raise FileNotFoundError(f"--mask {mask}: no such folder or prefix of masks") from e
         contents = [c for c in contents if c not in masks]
-    checks = check_batch(args)
-    pairs = plan_pairs(contents, _style_keys(args), input_uri=content_uri, output_uri=args.output, fmt=args.format)
-    todo, decided = _pairs_to_run(checks.stamp(pairs, args), args)
+    checks = check_batch(options)
+    pairs = plan_pairs(contents, _style_keys(options), input_uri=options.input_uri, output_uri=options.output_uri,
+                       fmt=options.format)
+    todo, decided = _pairs_to_run(checks.stamp(pairs, options), options)
     run_id = new_run_id()
-    writer = ManifestWriter(args.output, run_id=run_id, storage_options=args.storage_options, pairs=todo)
+    writer = ManifestWriter(options.output_uri, run_id=run_id, storage_options=storage_options, pairs=todo)
     log.info("run %s: %d images x %d styles = %d pairs (%d to run, %d already done, %d refused) -> %s",
-             run_id, len(contents), len(args.style), len(pairs), len(todo),
-             sum(r.status == "skipped" for r in decided), sum(r.status == "failed" for r in decided), args.output)
+             run_id, len(contents), len(options.style_uris), len(pairs), len(todo),
+             sum(r.status == "skipped" for r in decided), sum(r.status == "failed" for r in decided),
+             options.output_uri)
     progress = BatchProgress(total_pairs=len(pairs))
     rows = list(decided)
     if decided:
@@ -570,7 +582,7 @@ def run_batch(args: argparse.Namespace, content_uri: str) -> int:
     started_ray = _connect_ray() if todo else False
     try:
         if todo:
-            rows += _run_pairs(args, todo, writer, progress, run_id, checks.weight_set)
+            rows += _run_pairs(options, todo, writer, progress, run_id, checks.weight_set)
     except _StartupError as e:
         log.error("%s", e)
         return 1
@@ -587,18 +599,18 @@ class _StartupError(RuntimeError):
 
 
 def _run_pairs(
-    args: argparse.Namespace,
+    options: BatchOptions,
     pairs: list[Pair],
     writer: ManifestWriter,
     progress: BatchProgress,
     run_id: str,
     weights: WeightSet,
 ) -> list[ManifestRow]:
-    settings = _settings(args)
+    settings = _settings(options)
     log.info("starting %d model actors (%s, %g CPU and %g GPU each), up to %d images and %.1f MP in flight",
              settings.workers, settings.device, settings.cpus_per_worker, settings.gpus_per_worker,
              settings.max_in_flight, settings.max_in_flight_mp)
-    actors = _start_actors(args, settings, run_id, weights)
+    actors = _start_actors(options.style_options, settings, run_id, weights)
     try:
         try:
             infos = ray.get([a.describe.remote() for a in actors])
@@ -607,7 +619,7 @@ def _run_pairs(
         for info in infos:
             log.info("actor %s ready: model %s on %s, %d tile(s) per network call (pid %d)", info.worker,
                      info.model_id, info.device, info.tile_batch, info.pid)
-        job = _Job(args, settings, writer, ModelPool(actors, infos), progress)
+        job = _Job(options, settings, writer, ModelPool(actors, infos), progress)
         return job.run(pairs)
     finally:
         for actor in actors:

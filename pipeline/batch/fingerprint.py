@@ -122,8 +122,8 @@ def pair_settings(
         precision: ``--precision`` (:mod:`pipeline.engine.precision`): the reduced modes change pixels.
         controls: the creative controls (:func:`pipeline.engine.controls.control_settings`); absent
             without any, so outputs made without controls keep their fingerprint.
-        stroke_scale: ``--stroke-scale`` as given (an integer or ``"auto"``); absent at 1, the
-            plain cascade, so outputs made without it keep their fingerprint.
+        stroke_scale: ``--stroke-scale`` as given (an integer or ``"auto"``; what ``auto`` picks
+            for a size is the code's, which ``code`` pins).
     """
     fmt = output_format(output_uri)
     settings = {
@@ -137,11 +137,10 @@ def pair_settings(
         "style": style,
         "code": code,
         "precision": precision,
+        "stroke_scale": stroke_scale,
     }
     if controls:
         settings["controls"] = dict(sorted(controls.items()))
-    if stroke_scale != 1:
-        settings["stroke_scale"] = stroke_scale
     return settings
 
 

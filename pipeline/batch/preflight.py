@@ -5,13 +5,13 @@ started actors, read images and spent minutes: each check here turns one way a r
 doomed (a format we cannot write, an output location we cannot write to, weights that are not
 there, a style that cannot be read, actors the cluster cannot place) into one exception whose
 message names the flag or URI and says what to change. The CLI prints it as
-``ultrastyle stylize: error: ...`` and exits 2 for a :class:`UsageError`, 1 for the rest.
+``ultrastyle stylize: error: ...`` and exits 2 for a :class:`UsageError` or an
+:class:`~pipeline.options.OptionError`, 1 for the rest.
 Nothing here knows about Ray: the cluster's nodes come in as plain resource dicts.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -30,11 +30,13 @@ from pipeline.batch.manifest import Pair, join_uri, one_line_error, with_setting
 from pipeline.engine.controls import control_settings, join_styles, mask_for, split_styles
 from pipeline.engine.models import check_cascade_levels
 from pipeline.imaging.imageio import ImageError, check_pixels, image_size, output_format, write_bytes
+from pipeline.options import BatchOptions, OptionError
 
 __all__ = [
     "BatchChecks",
     "StyleCheck",
     "UsageError",
+    "check_actor_device",
     "check_batch",
     "check_format",
     "check_output_location",
@@ -54,18 +56,38 @@ class UsageError(ValueError):
     """A flag's value is wrong in itself (the CLI exits 2, as argparse does)."""
 
 
-def check_format(fmt: str | None) -> None:
-    """Refuse a ``--format`` we cannot write.
+def check_actor_device(device: str, gpus_per_worker: float | None) -> None:
+    """Refuse a ``device`` the batch job's model actors cannot honour.
+
+    Each actor runs on CUDA when it reserves GPUs and on the CPU otherwise, and Ray picks its
+    GPU, so ``cuda:N`` has no meaning here, and ``cpu`` with GPUs or ``cuda`` without any
+    contradict each other.
 
     Raises:
-        UsageError: naming the flag and the formats we write.
+        OptionError: naming ``device`` (and ``gpus_per_worker``) and what arrived.
+    """
+    if device.startswith("cuda:"):
+        raise OptionError("device", f"{device}: Ray gives each model actor its GPU, so the batch job takes auto, "
+                          "cpu or cuda")
+    if device == "cpu" and gpus_per_worker:
+        raise OptionError(("device", "gpus_per_worker"), "do not go together: CPU actors would leave their GPUs "
+                          f"idle, got cpu and {gpus_per_worker:g}")
+    if device == "cuda" and gpus_per_worker == 0:
+        raise OptionError(("device", "gpus_per_worker"), "do not go together: CUDA actors need a GPU, got cuda and 0")
+
+
+def check_format(fmt: str | None) -> None:
+    """Refuse an output ``format`` we cannot write.
+
+    Raises:
+        OptionError: naming ``format`` and the formats we write.
     """
     if fmt is None:
         return
     try:
         output_format("x." + fmt.lower().lstrip("."))
     except ImageError as e:
-        raise UsageError(f"--format {fmt!r}: {str(e).split(': ', 1)[-1]}") from e
+        raise OptionError("format", f"{fmt!r}: {str(e).split(': ', 1)[-1]}") from e
 
 
 def check_output_location(uri: str, storage_options: dict[str, Any] | None = None, *, folder: bool = True) -> None:
@@ -177,56 +199,59 @@ class BatchChecks:
     def model_id(self) -> str:
         return self.weight_set.model_id
 
-    def stamp(self, pairs: Sequence[Pair], args: argparse.Namespace) -> list[Pair]:
+    def stamp(self, pairs: Sequence[Pair], options: BatchOptions) -> list[Pair]:
         """Give each pair its settings (:func:`~pipeline.batch.fingerprint.pair_settings`), and an
         ``error`` when its style cannot be read."""
         code = code_version()
+        style_options = options.style_options
         stamped = []
         for pair in pairs:
             styles = [self.styles[uri] for uri in split_styles(pair.style_uri)]
             failed = next((style.error for style in styles if style.error), "")
             if failed and not pair.error:
                 pair = replace(pair, error=f"style image failed: {failed}")
-            controls, mask_error = _pair_controls(pair, args)
+            controls, mask_error = _pair_controls(pair, options)
             if mask_error and not pair.error:
                 pair = replace(pair, error=mask_error)
-            settings = pair_settings(model_id=self.model_id, weights=self.weights, alpha=args.alpha,
-                                     style_size=args.style_size, mode=args.mode, quality=args.quality,
+            settings = pair_settings(model_id=self.model_id, weights=self.weights, alpha=style_options.alpha,
+                                     style_size=style_options.style_size, mode=style_options.mode,
+                                     quality=style_options.quality, precision=style_options.precision,
                                      style=join_styles([style.digest for style in styles]),
-                                     output_uri=pair.output_uri, code=code, precision=args.precision,
-                                     controls=controls, stroke_scale=args.stroke_scale)
+                                     output_uri=pair.output_uri, code=code, controls=controls,
+                                     stroke_scale=style_options.stroke_scale)
             stamped.append(with_settings(pair, settings))
         return stamped
 
 
-def _pair_controls(pair: Pair, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+def _pair_controls(pair: Pair, options: BatchOptions) -> tuple[dict[str, Any], str]:
     """A pair's control settings, and why its mask cannot be used (empty when it can)."""
+    style_options = options.style_options
     digest, error = None, ""
-    if getattr(args, "mask", None):
-        uri = mask_for(pair.content_uri, input_uri=args.input_uri, mask_uri=args.mask)
+    if style_options.mask is not None:
+        uri = mask_for(pair.content_uri, input_uri=options.input_uri, mask_uri=style_options.mask)
         try:
-            digest = style_digest(uri, args.storage_options)
+            digest = style_digest(uri, style_options.storage_options)
         except Exception as e:
             digest, error = "missing", f"--mask: no mask {uri} for {pair.content_uri} ({one_line_error(e)})"
-    controls = control_settings(style_weights=getattr(args, "style_weights", None), mask=digest,
-                                preserve_color=getattr(args, "preserve_color", False))
+    controls = control_settings(style_weights=style_options.style_weights, mask=digest,
+                                preserve_color=style_options.preserve_color)
     return controls, error
 
 
-def check_batch(args: argparse.Namespace) -> BatchChecks:
-    """The batch job's checks, cheapest first: output writable, weights verified, styles readable.
-
-    Args:
-        args: parsed ``jobs.stylize`` flags (``output``, ``weights``, ``style``,
-            ``max_pixels``, ``storage_options``).
+def check_batch(options: BatchOptions) -> BatchChecks:
+    """The batch job's checks, cheapest first: output format known, output writable, weights
+    verified, styles readable.
 
     Raises:
+        OptionError: an output ``format`` we cannot write (:func:`check_format`).
         OSError, WeightsError, ImageError: one line, see :func:`check_output_location`,
             :func:`check_weights` and :func:`check_styles`.
     """
-    check_output_location(args.output, args.storage_options)
-    weights, digests = check_weights(args.weights, args.storage_options)
-    styles = check_styles(args.style, args.storage_options, max_pixels=args.max_pixels)
+    style_options = options.style_options
+    check_format(options.format)
+    check_output_location(options.output_uri, style_options.storage_options)
+    weights, digests = check_weights(style_options.weights, style_options.storage_options)
+    styles = check_styles(options.style_uris, style_options.storage_options, max_pixels=style_options.max_pixels)
     return BatchChecks(weights, digests, styles)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,13 +21,7 @@ from pipeline.engine.cascade import LevelCallback, style_statistics, stylize_who
 from pipeline.engine.controls import StyleLevel, label_count, read_mask
 from pipeline.engine.models import ModelSet
 from pipeline.engine.stats import FeatureStats
-from pipeline.engine.strokes import (
-    DEFAULT_STROKE_SCALE,
-    StrokeScale,
-    resolve_stroke_scale,
-    stylize_strokes,
-    stylize_whole_strokes,
-)
+from pipeline.engine.strokes import resolve_stroke_scale, stylize_strokes, stylize_whole_strokes
 from pipeline.engine.tiled import (
     THUMBNAIL_SIZE,
     TileCallback,
@@ -48,6 +42,15 @@ from pipeline.imaging.imageio import (
 )
 from pipeline.imaging.output import write_canvas
 from pipeline.imaging.tiles import Rect, canvas_size, plan_tiles
+from pipeline.options import (
+    DEFAULT_QUALITY,
+    DEFAULT_STROKE_SCALE,
+    DEFAULT_TILE,
+    MODES,
+    Mode,
+    StrokeScale,
+    check_mode,
+)
 
 __all__ = [
     "MODES",
@@ -60,8 +63,6 @@ __all__ = [
     "stylize_image",
 ]
 
-MODES = ("auto", "whole", "exact", "thumbnail")
-Mode = Literal["auto", "whole", "exact", "thumbnail"]
 StyleStats = dict[int, FeatureStats]
 # What the cascade colours with per level: one style's statistics, a blend, or one per mask label.
 StyleLevels = dict[int, StyleLevel]
@@ -105,9 +106,7 @@ def load_style(
 
 def choose_mode(mode: Mode, height: int, width: int, tile: int) -> str:
     """``auto`` -> ``whole`` when the padded image fits in one tile, else ``exact``."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode != "auto":
+    if check_mode(mode) != "auto":
         return mode
     ch, cw = canvas_size(height, width)
     return "whole" if max(ch, cw) <= tile else "exact"
@@ -119,7 +118,7 @@ def stylize_image(
     models: ModelSet,
     *,
     mode: Mode = "auto",
-    tile: int = 1024,
+    tile: int = DEFAULT_TILE,
     alpha: float = 1.0,
     stroke_scale: StrokeScale = DEFAULT_STROKE_SCALE,
     workdir: str | None = None,
@@ -201,11 +200,11 @@ def stylize_file(
     models: ModelSet,
     *,
     mode: Mode = "auto",
-    tile: int = 1024,
+    tile: int = DEFAULT_TILE,
     alpha: float = 1.0,
     stroke_scale: StrokeScale = DEFAULT_STROKE_SCALE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    quality: int = 95,
+    quality: int = DEFAULT_QUALITY,
     storage_options: dict[str, Any] | None = None,
     on_level: LevelCallback | None = None,
     on_tile: TileCallback | None = None,
@@ -254,7 +253,7 @@ def write_result(
     canvas: Canvas,
     image: LoadedImage | StreamedImage,
     *,
-    quality: int = 95,
+    quality: int = DEFAULT_QUALITY,
     storage_options: dict[str, Any] | None = None,
 ) -> None:
     """Write the stylized ``canvas`` of ``image`` with the input's alpha and ICC profile."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -49,14 +49,11 @@ from pipeline.engine.tiled import (
 from pipeline.imaging.canvas import Canvas
 from pipeline.imaging.resample import BandSplit, box_downscale, label_downscale
 from pipeline.imaging.tiles import Tile, plan_tiles
+from pipeline.options import AUTO_STROKE_SCALE, OptionError, StrokeScale, check_stroke_scale
 
 __all__ = [
-    "AUTO",
-    "DEFAULT_STROKE_SCALE",
     "STROKE_REFERENCE",
     "StrokeExecutor",
-    "StrokeScale",
-    "parse_stroke_scale",
     "resolve_stroke_scale",
     "run_strokes",
     "stroke_tile_rounds",
@@ -64,31 +61,9 @@ __all__ = [
     "stylize_whole_strokes",
 ]
 
-AUTO = "auto"
-# --stroke-scale: an integer S >= 1, or "auto".
-StrokeScale = int | Literal["auto"]
-# What --stroke-scale is when not given.
-DEFAULT_STROKE_SCALE: StrokeScale = 1
 # auto: the longer side, in px, at which the coarse stage sees the picture (S = this side / it,
 # rounded). Chosen by the Gram distance at 1024 px of several references (docs/stroke-scale.md).
 STROKE_REFERENCE = 1024
-
-
-def parse_stroke_scale(value: str | int) -> StrokeScale:
-    """``"auto"`` or a positive integer, from the ``--stroke-scale`` value.
-
-    Raises:
-        ValueError: anything else (the message names ``--stroke-scale``).
-    """
-    if value == AUTO:
-        return AUTO
-    try:
-        scale = int(value)
-    except (TypeError, ValueError):
-        scale = 0
-    if scale < 1 or str(scale) != str(value).strip():
-        raise ValueError(f"--stroke-scale must be a positive integer or 'auto', got {value!r}")
-    return scale
 
 
 def resolve_stroke_scale(stroke_scale: StrokeScale, height: int, width: int) -> int:
@@ -99,15 +74,16 @@ def resolve_stroke_scale(stroke_scale: StrokeScale, height: int, width: int) -> 
     shrunk image has :data:`~pipeline.engine.cascade.MIN_SIDE` px a side.
 
     Raises:
-        ValueError: an integer ``S`` below 1, or one that shrinks the image below
-            :data:`~pipeline.engine.cascade.MIN_SIDE` px a side (the message names ``--stroke-scale``).
+        OptionError: not a positive integer or ``auto`` (:func:`~pipeline.options.check_stroke_scale`),
+            or an ``S`` that shrinks the image below :data:`~pipeline.engine.cascade.MIN_SIDE`
+            px a side (both name ``stroke_scale``).
     """
-    if stroke_scale == AUTO:
+    scale = check_stroke_scale(stroke_scale)
+    if scale == AUTO_STROKE_SCALE:
         return max(1, min(int(max(height, width) / STROKE_REFERENCE + 0.5), min(height, width) // MIN_SIDE))
-    scale = parse_stroke_scale(stroke_scale)
     if scale > 1 and min(height, width) // scale < MIN_SIDE:
-        raise ValueError(f"--stroke-scale {scale} shrinks the {width}x{height} image to "
-                         f"{width // scale}x{height // scale}; the cascade needs {MIN_SIDE} px a side")
+        raise OptionError("stroke_scale", f"{scale} shrinks the {width}x{height} image to "
+                          f"{width // scale}x{height // scale}; the cascade needs {MIN_SIDE} px a side")
     return scale
 
 

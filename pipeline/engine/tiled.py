@@ -611,7 +611,7 @@ def stylize_thumbnail(
     The thumbnail runs the whole-image cascade alongside; its per-level statistics stand in
     for the full image's, so every tile is encoded, transformed and decoded in one pass (no
     round A). Faster than :func:`stylize_exact` by the cost of round A, but the result differs
-    from the whole-image one by however much the thumbnail's statistics differ (the README
+    from the whole-image one by however much the thumbnail's statistics differ (docs/benchmarks.md
     gives the figures). Same level loop (:func:`run_levels`) and executor as the exact mode,
     and the same controls (``mask``, ``preserve_color``); a mask's labels are sampled onto the
     thumbnail by the same top-left rule.

@@ -33,6 +33,7 @@ from pipeline.imaging.canvas import Canvas, open_canvas, reflect_pad_canvas
 from pipeline.imaging.deepzoom import viewer_page
 from pipeline.imaging.heap import release_free_heap
 from pipeline.imaging.tiles import Rect, canvas_size
+from pipeline.options import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -56,7 +57,6 @@ __all__ = [
     "write_bytes",
 ]
 
-DEFAULT_MAX_PIXELS = 1_000_000_000
 # The smallest side the cascade handles (five 2x poolings leave at least one 2x2 cell);
 # pipeline.engine.cascade.MIN_SIDE, repeated so that reading an image does not import torch.
 MIN_SIDE = 32

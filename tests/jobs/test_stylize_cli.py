@@ -2,6 +2,7 @@
 job's resume by settings, its checks before starting and its refusal of actors that cannot fit."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from jobs.stylize import main
@@ -35,6 +37,8 @@ def test_stylize_a_real_photo_end_to_end(weights_dir, content_dir, style_dir, tm
     messages = [r.getMessage() for r in caplog.records]
     assert [m.split()[1] for m in messages if m.startswith("level")] == ["5", "4", "3", "2", "1"]
     assert any("MP/s" in m for m in messages)
+    if not torch.cuda.is_available():  # --device auto is the CPU here, with one tile per network call
+        assert any(m.startswith("models cd16x loaded (on cpu, fp32, 1 tile(s) per network call)") for m in messages)
     # The result is a stylized image, not a copy of the content.
     content = np.asarray(Image.open(content_dir / "rocket_420.jpg").convert("RGB"), np.float64)
     assert np.abs(np.asarray(result, np.float64) - content).mean() > 10
@@ -119,21 +123,83 @@ def test_help_lists_the_flags():
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
-        (["--tile", "100"], "--tile must be a positive multiple of 16"),
-        (["--style-size", "0"], "--style-size must be at least 1"),
-        (["--quality", "0"], "--quality must be in [1, 100]"),
+        (["--weights", ""], "--weights must be a URI or path, got ''"),
+        (["--alpha", "1.5"], "--alpha must be in [0, 1], got 1.5"),
+        (["--alpha", "nan"], "--alpha must be a finite number, got nan"),
+        (["--style-size", "0"], "--style-size must be at least 1, got 0"),
+        (["--mode", "fast"], "argument --mode: invalid choice: 'fast'"),
+        (["--tile", "100"], "--tile must be a positive multiple of 16, got 100"),
+        (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+        (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["--tile-batch", "0"], "--tile-batch must be at least 1, got 0"),
+        (["--max-pixels", "0"], "--max-pixels must be at least 1, got 0"),
+        (["--quality", "0"], "--quality must be in [1, 100], got 0"),
         (["--stroke-scale", "0"], "--stroke-scale must be a positive integer or 'auto', got '0'"),
         (["--stroke-scale", "big"], "--stroke-scale must be a positive integer or 'auto', got 'big'"),
         (["--stroke-scale", "14"], "--stroke-scale 14 shrinks the 420x420 image to 30x30"),
+        (["--style-weights", "x"], "--style-weights must be comma-separated numbers, got 'x'"),
+        (["--mask", ""], "--mask must be a URI or path, got ''"),
+        (["--storage-options", "[1]"], "--storage-options must be a mapping of fsspec options, got list"),
+        (["--format", "."], "--format must be an image extension such as png or jpg, got '.'"),
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
+        (["--gpus-per-worker", "-1"], "--gpus-per-worker cannot be negative, got -1"),
+        (["--cpus-per-worker", "0"], "--cpus-per-worker must be positive, got 0"),
+        (["--io-cpus", "-1"], "--io-cpus cannot be negative, got -1"),
+        (["--max-in-flight", "0"], "--max-in-flight must be at least 1, got 0"),
+        (["--max-in-flight-mp", "0"], "--max-in-flight-mp must be positive, got 0"),
+        (["--retries", "-1"], "--retries cannot be negative, got -1"),
+        (["--progress-seconds", "0"], "--progress-seconds must be positive, got 0"),
     ],
 )
 def test_bad_flags_are_refused_before_loading_anything(content_dir, style_dir, tmp_path, capsys, flags, message):
     # No --weights: a check that ran after loading would fail on the download instead.
-    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
-               "--output", str(tmp_path / "o.png"), *flags])
+    argv = [str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
+            "--output", str(tmp_path / "o.png"), *flags]
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own refusals (a value outside --mode's or --precision's choices)
+        rc = e.code
     assert rc == 2
-    assert message in _error_line(capsys)
+    line = _error_line(capsys)
+    assert line.startswith(f"ultrastyle stylize: error: {message}"), line
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_refused_in_one_line(content_dir, style_dir, tmp_path, capsys):
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
+               "--output", str(tmp_path / "o.png"), "--device", "cuda"])
+    assert rc == 2
+    assert _error_line(capsys) == "ultrastyle stylize: error: --device cuda: torch sees no CUDA GPU on this machine"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "cuda:1"], "--device cuda:1: Ray gives each model actor its GPU, so the batch job takes auto, "
+         "cpu or cuda"),
+        (["--device", "cpu", "--gpus-per-worker", "1"], "--device and --gpus-per-worker do not go together: CPU "
+         "actors would leave their GPUs idle, got cpu and 1"),
+        (["--device", "cuda", "--gpus-per-worker", "0"], "--device and --gpus-per-worker do not go together: CUDA "
+         "actors need a GPU, got cuda and 0"),
+    ],
+)
+def test_a_batch_refuses_a_device_its_actors_cannot_honour(small_batch, weights_dir, capsys, flags, message):
+    source, style, out = small_batch
+    assert main(_batch(source, style, out, weights_dir, *flags)) == 2
+    assert _error_line(capsys) == f"ultrastyle stylize: error: {message}"
+    assert not out.exists()
+
+
+@pytest.mark.cuda
+def test_stylize_uses_cuda_without_a_flag(weights_dir, content_dir, style_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ultrastyle")
+    out = tmp_path / "out.png"
+    assert main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
+                 "--output", str(out), "--weights", str(weights_dir)]) == 0
+    [loaded] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("models ")]
+    assert "(on cuda, fp32, 4 tile(s) per network call)" in loaded
+    assert Image.open(out).size == (420, 420)
 
 
 def test_a_single_image_takes_one_style(content_dir, style_dir, tmp_path, capsys):

@@ -69,7 +69,7 @@ def test_single_image_with_each_control(inputs, weights_dir, tmp_path, one_torch
 @pytest.mark.parametrize(
     ("extra", "rc", "message"),
     [
-        (["--style-weights", "1"], 2, "--style-weights has 1 values (1) for 2 --style images"),
+        (["--style-weights", "1"], 2, "--style-weights has 1 values (1) for 2 styles: give one per style"),
         (["--style-weights", "0,0"], 2, "--style-weights must be non-negative with a positive sum"),
         (["--style-weights", "x,1"], 2, "--style-weights must be comma-separated numbers"),
         (["--style-weights", "1,1", "--mask", "m.png"], 2, "--style-weights and --mask do not go together"),

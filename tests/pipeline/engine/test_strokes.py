@@ -9,11 +9,12 @@ import pytest
 from pipeline.engine.cascade import style_statistics
 from pipeline.engine.controls import style_levels
 from pipeline.engine.runner import LoadedImage, stylize_image, to_tensor
-from pipeline.engine.strokes import STROKE_REFERENCE, parse_stroke_scale, resolve_stroke_scale, stroke_tile_rounds
+from pipeline.engine.strokes import STROKE_REFERENCE, resolve_stroke_scale, stroke_tile_rounds
 from pipeline.engine.tiled import canvas_from_array, read_rgb, stylize_exact
 from pipeline.imaging.canvas import MemoryCanvas
 from pipeline.imaging.imageio import read_image
 from pipeline.imaging.tiles import canvas_size, plan_tiles
+from pipeline.options import OptionError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,11 +36,10 @@ def photo(content_dir) -> np.ndarray:
     return read_image(str(content_dir / "photo_mosaic_1024.jpg")).rgb[:333, :517]
 
 
-def test_parse_and_resolve_the_stroke_scale():
-    assert parse_stroke_scale("auto") == "auto" and parse_stroke_scale("3") == 3 and parse_stroke_scale(2) == 2
-    for bad in ("0", "-2", "1.5", "two", ""):
-        with pytest.raises(ValueError, match="--stroke-scale must be a positive integer or 'auto'"):
-            parse_stroke_scale(bad)
+def test_resolve_the_stroke_scale():
+    for bad in ("0", "-2", "1.5", "two", "", 0):
+        with pytest.raises(OptionError, match=r"^stroke_scale must be a positive integer or 'auto'"):
+            resolve_stroke_scale(bad, 100, 100)
     assert resolve_stroke_scale("auto", 8000, 12000) == round(12000 / STROKE_REFERENCE) == 12
     assert resolve_stroke_scale("auto", 2160, 3840) == 4
     assert resolve_stroke_scale("auto", 1024, 1536) == 2 and resolve_stroke_scale("auto", 1024, 1535) == 1
@@ -47,7 +47,7 @@ def test_parse_and_resolve_the_stroke_scale():
     assert resolve_stroke_scale("auto", 300, 200) == 1
     assert resolve_stroke_scale("auto", 64, 60000) == 2  # the shrunk image keeps 32 px a side
     assert resolve_stroke_scale(1, 40, 40) == 1 and resolve_stroke_scale(3, 96, 500) == 3
-    with pytest.raises(ValueError, match="--stroke-scale 4 shrinks the 500x100 image to 125x25"):
+    with pytest.raises(OptionError, match=r"^stroke_scale 4 shrinks the 500x100 image to 125x25"):
         resolve_stroke_scale(4, 100, 500)
 
 

@@ -16,9 +16,11 @@ import json
 import sys
 from dataclasses import asdict
 
+from jobs.flags import flag_message
 from pipeline.engine.models import load_model_set
 from pipeline.engine.score import STYLE_SIZE, VIEW_SIZE, Score, score_image
 from pipeline.imaging.imageio import DEFAULT_MAX_PIXELS, ImageError
+from pipeline.options import OptionError
 
 __all__ = ["build_parser", "main"]
 
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"longer side the style is compared at (default {STYLE_SIZE})")
     p.add_argument("--weights", default=None, help="encoders to measure with (default: $ULTRASTYLE_WEIGHTS, else the "
                    "embedded CD 16x files)")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help="where the encoders run (default auto: CUDA when torch sees a GPU, else the CPU)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default 1e9)")
     p.add_argument("--storage-options", type=json.loads, default=None, help="JSON passed to fsspec")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -74,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: error: {flag} must be at least {_MIN_SIZE} px, got {value}", file=sys.stderr)
             return 2
     try:
-        models = load_model_set(args.weights, storage_options=args.storage_options)
+        models = load_model_set(args.weights, device=args.device, storage_options=args.storage_options)
         score = score_image(args.image, args.style, models, view=args.view, style_size=args.style_size,
                             content_uri=args.content, storage_options=args.storage_options,
                             max_pixels=args.max_pixels)
     except (ImageError, ValueError, OSError, RuntimeError) as e:  # WeightsError is a RuntimeError
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 1
+        message = flag_message(e) if isinstance(e, OptionError) else str(e)
+        print(f"{PROG}: error: {' '.join(message.split()) or type(e).__name__}", file=sys.stderr)
+        return 2 if isinstance(e, OptionError) else 1
     if args.json:
         found = asdict(score)
         found["crops"] = [[r.x0, r.y0, r.width, r.height] for r in score.crops]

@@ -43,6 +43,7 @@ def test_score_prints_the_distances(picture, style_dir, weights_dir, capsys, one
         (["{picture}", "--style", "{style}", "--view", "16"], 2, "--view must be at least 32 px, got 16"),
         (["{picture}", "--style", "{style}", "--style-size", "0"], 2, "--style-size must be at least 32 px, got 0"),
         (["{picture}", "--style", "{style}", "--view", "big"], 2, "argument --view: invalid int value"),
+        (["{picture}", "--style", "{style}", "--device", "gpu"], 2, "--device must be auto, cpu, cuda or cuda:N"),
         (["{picture}"], 2, "the following arguments are required: --style"),
     ],
 )

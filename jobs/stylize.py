@@ -19,22 +19,17 @@ import json
 import logging
 import sys
 import time
-from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
 
 from fsspec.core import url_to_fs
 
+from jobs.cli import VersionAction
 from jobs.flags import default, flag_message, options_from
-from pipeline.batch.preflight import UsageError, check_output_location
-from pipeline.engine.controls import check_mask_size, style_levels
-from pipeline.engine.device import resolve_device
-from pipeline.engine.models import load_models
-from pipeline.engine.runner import choose_mode, load_style, stylize_file
-from pipeline.engine.strokes import resolve_stroke_scale, stroke_tile_rounds
-from pipeline.imaging.imageio import IMAGE_EXTENSIONS, ImageError, image_size, output_format
+from pipeline.api import stylize_file
+from pipeline.batch.preflight import UsageError
+from pipeline.imaging.imageio import IMAGE_EXTENSIONS, ImageError
 from pipeline.options import MODES, PRECISIONS, BatchOptions, OptionError, StyleOptions
-from pipeline.progress import ProgressLine, TileProgress
 
 __all__ = ["build_options", "build_parser", "main"]
 
@@ -43,6 +38,26 @@ log = logging.getLogger("ultrastyle")
 SAMPLES_DIR = "ultrastyle-samples"
 DEFAULT_OUTPUT = "ultrastyle-out"
 PROG = "ultrastyle stylize"
+DESCRIPTION = """\
+Stylize one image in this process, or every image under a folder or prefix (local or any fsspec
+URI such as s3://) as a batch job on Ray: on the cluster of RAY_ADDRESS, else on a local Ray.
+With no arguments it stylizes the project's sample images into ./ultrastyle-out."""
+EXAMPLES = """\
+examples:
+  your own photo, in this process (the output's extension picks its format):
+    ultrastyle stylize photo.jpg --style painting.jpg --output photo-styled.png
+  a lighter touch, the style taken at 512 px, the photo's colours kept:
+    ultrastyle stylize photo.jpg --style painting.jpg --output out.jpg --alpha 0.7 --style-size 512 \\
+        --preserve-color
+  a 96-megapixel photo whose strokes read as a painting when the whole picture is on a screen:
+    ultrastyle stylize big.jpg --style painting.jpg --output big-styled.jpg --stroke-scale auto
+  two styles blended 70/30 into one output:
+    ultrastyle stylize photo.jpg --style a.jpg --style b.jpg --style-weights 0.7,0.3 --output out.png
+  every photo under a prefix, as a Ray job on a cluster:
+    ray job submit -- python -m jobs.stylize --input s3://bucket/photos/ --style s3://bucket/style.jpg \\
+        --output s3://bucket/styled/
+  the sample images, on a local Ray:
+    ultrastyle stylize"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,71 +76,82 @@ def _batch(option: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The flags; each one that sets an option has the option's name as its destination and its default."""
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("content", nargs="?", help="content image or prefix (same as --input)")
-    p.add_argument("--input", help="content image, folder or prefix (any fsspec URI)")
-    p.add_argument("--style", action="append", help="style image URI (repeat for several styles)")
-    p.add_argument("--output", help="output file (single image) or prefix (batch)")
-    p.add_argument("--weights", default=_style("weights"),
-                   help="weights folder, bundle or <publish>/latest (default: $ULTRASTYLE_WEIGHTS, "
-                   "else the CD 16x files embedded in the package: no download)")
-    p.add_argument("--alpha", type=float, default=_style("alpha"), help="style strength in [0, 1] (default 1)")
-    p.add_argument("--style-weights", default=None, metavar="W1,W2,...",
-                   help="blend the --style images into one output with these weights (one per style, "
-                   "non-negative, normalised to sum 1)")
-    p.add_argument("--mask", default=_style("mask"), metavar="URI",
-                   help="single image: a greyscale image of the content's size whose value i picks the i-th "
-                   "--style (from 0); batch: a folder or prefix holding <content stem>.png for each content image")
-    p.add_argument("--preserve-color", action="store_true",
-                   help="keep the content's colours: the output takes the stylized luminance and the content's "
-                   "chroma (YCbCr)")
-    p.add_argument("--style-size", type=int, default=_style("style_size"),
-                   help="resize the style's longer side to N px")
-    p.add_argument("--stroke-scale", default=_style("stroke_scale"), metavar="S|auto",
-                   help="brush strokes S times larger at the same output size (coarse to fine: the image shrunk by "
-                   "S is stylized too and its low frequencies kept); auto: S from the image size, so that the "
-                   "picture seen whole on a screen reads as the style (S = longer side / 1024, rounded). "
-                   "Default 1: the plain cascade")
-    p.add_argument("--mode", choices=MODES, default=_style("mode"),
-                   help="whole: in memory; exact: tiled, same result; auto: exact when larger than one tile; "
-                   "thumbnail: tiled in one pass with statistics from a 1024-px copy (faster, approximate)")
-    p.add_argument("--tile", type=int, default=_style("tile"),
-                   help="tile core side in px, multiple of 16 (default 1024)")
-    p.add_argument("--device", default=_style("device"), metavar="auto|cpu|cuda[:N]",
-                   help="where the networks run: auto (default) takes CUDA when torch sees a GPU, else the CPU; "
-                   "batch: each model actor runs on CUDA when it has a GPU (--gpus-per-worker), else on the CPU")
-    p.add_argument("--precision", choices=PRECISIONS, default=_style("precision"),
-                   help="arithmetic of the networks: fp32 (exact, TF32 off), tf32 (TF32 allowed on GPUs), bf16 or "
-                   "fp16 (convolutions in that dtype; statistics stay float64). Default fp32")
-    p.add_argument("--tile-batch", type=int, default=_style("tile_batch"),
-                   help="equal-size tile regions put through a network at once (default: 4 on a GPU, where one "
-                   "tile leaves it idle; 1 on the CPU, where batching does not help)")
-    p.add_argument("--max-pixels", type=int, default=_style("max_pixels"), help="refuse larger images (default 1e9)")
-    p.add_argument("--quality", type=int, default=_style("quality"), help="JPEG/WebP quality (default 95)")
-    p.add_argument("--storage-options", type=json.loads, default=_style("storage_options"),
-                   help='JSON passed to fsspec, e.g. \'{"client_kwargs": {"endpoint_url": "http://..."}}\'')
-    p.add_argument("--format", default=_batch("format"), help="batch output extension (default: the input's)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="batch: redo every pair, also those an earlier run finished with the same settings")
-    p.add_argument("--workers", type=int, default=_batch("workers"),
-                   help="model actors (batch; default: one per GPU, else one per --cpus-per-worker CPUs)")
-    p.add_argument("--gpus-per-worker", type=float, default=_batch("gpus_per_worker"),
-                   help="GPUs per model actor (batch; default 1 when the cluster has GPUs and --device is auto, "
-                   "or with --device cuda; else 0)")
-    p.add_argument("--cpus-per-worker", type=float, default=_batch("cpus_per_worker"),
-                   help="CPUs per model actor, also its torch threads (batch; default 1)")
-    p.add_argument("--io-cpus", type=float, default=_batch("io_cpus"),
-                   help="CPUs per read/cut and write task (batch; default 0: I/O bound, bounded by admission)")
-    p.add_argument("--max-in-flight", type=int, default=_batch("max_in_flight"),
-                   help="images in flight at once (batch; default 4)")
-    p.add_argument("--max-in-flight-mp", type=float, default=_batch("max_in_flight_mp"),
-                   help="megapixels in flight at once, read from the headers (batch; default: half the cluster's "
-                   "object store at 32 bytes per pixel; a larger image runs alone)")
-    p.add_argument("--retries", type=int, default=_batch("retries"),
-                   help="actor restarts and retries of calls and tasks lost with a worker (batch; default 3)")
-    p.add_argument("--progress-seconds", type=float, default=_batch("progress_seconds"),
-                   help="interval of the progress line when stderr is not a terminal (default 10)")
+    """The flags, grouped; each one that sets an option has the option's name as its destination and its default."""
+    p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXAMPLES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action=VersionAction)
+    io = p.add_argument_group("input and output")
+    io.add_argument("content", nargs="?", help="content image, folder or prefix (same as --input)")
+    io.add_argument("--input", help="content image, folder or prefix (any fsspec URI)")
+    io.add_argument("--style", action="append", help="style image URI (repeat for several styles)")
+    io.add_argument("--output", help="output file (single image: its extension picks the format) or prefix (batch)")
+    io.add_argument("--quality", type=int, default=_style("quality"), help="JPEG/WebP quality (default 95)")
+    io.add_argument("--max-pixels", type=int, default=_style("max_pixels"),
+                    help="refuse larger images, before decoding them (default 1e9)")
+    io.add_argument("--storage-options", type=json.loads, default=_style("storage_options"),
+                    help='JSON passed to fsspec, e.g. \'{"client_kwargs": {"endpoint_url": "http://..."}}\'')
+    io.add_argument("--progress-seconds", type=float, default=_batch("progress_seconds"),
+                    help="interval of the progress line when stderr is not a terminal (default 10; on a terminal "
+                    "a progress bar is redrawn below the log)")
+    look = p.add_argument_group("look")
+    look.add_argument("--alpha", type=float, default=_style("alpha"),
+                      help="style strength in [0, 1] (default 1; 0 keeps the content)")
+    look.add_argument("--style-size", type=int, default=_style("style_size"),
+                      help="resize the style's longer side to N px before taking its statistics, which sets the "
+                      "scale of its strokes (default: as it is)")
+    look.add_argument("--stroke-scale", default=_style("stroke_scale"), metavar="S|auto",
+                      help="brush strokes S times larger at the same output size (coarse to fine: the image shrunk "
+                      "by S is stylized too and its low frequencies kept); auto: S from the image size, so that the "
+                      "picture seen whole on a screen reads as the style (S = longer side / 1024, rounded). "
+                      "Default 1: the plain cascade")
+    look.add_argument("--style-weights", default=None, metavar="W1,W2,...",
+                      help="blend the --style images into one output with these weights (one per style, "
+                      "non-negative, normalised to sum 1)")
+    look.add_argument("--mask", default=_style("mask"), metavar="URI",
+                      help="single image: a greyscale image of the content's size whose value i picks the i-th "
+                      "--style (from 0); batch: a folder or prefix holding <content stem>.png for each content "
+                      "image")
+    look.add_argument("--preserve-color", action="store_true",
+                      help="keep the content's colours: the output takes the stylized luminance and the content's "
+                      "chroma (YCbCr)")
+    look.add_argument("--weights", default=_style("weights"),
+                      help="weights folder, bundle or <publish>/latest (default: $ULTRASTYLE_WEIGHTS, "
+                      "else the CD 16x files embedded in the package: no download)")
+    perf = p.add_argument_group("performance")
+    perf.add_argument("--mode", choices=MODES, default=_style("mode"),
+                      help="whole: in memory; exact: tiled, same result; auto (default): exact when larger than one "
+                      "tile; thumbnail: tiled in one pass with statistics from a 1024-px copy (faster, approximate)")
+    perf.add_argument("--tile", type=int, default=_style("tile"),
+                      help="tile core side in px, multiple of 16 (default 1024); memory grows with its square")
+    perf.add_argument("--device", default=_style("device"), metavar="auto|cpu|cuda[:N]",
+                      help="where the networks run: auto (default) takes CUDA when torch sees a GPU, else the CPU; "
+                      "batch: each model actor runs on CUDA when it has a GPU (--gpus-per-worker), else on the CPU")
+    perf.add_argument("--precision", choices=PRECISIONS, default=_style("precision"),
+                      help="arithmetic of the networks: fp32 (exact, TF32 off), tf32 (TF32 allowed on GPUs), bf16 "
+                      "or fp16 (convolutions in that dtype; statistics stay float64). Default fp32")
+    perf.add_argument("--tile-batch", type=int, default=_style("tile_batch"),
+                      help="equal-size tile regions put through a network at once (default: 4 on a GPU, where one "
+                      "tile leaves it idle; 1 on the CPU, where batching does not help)")
+    batch = p.add_argument_group("cluster and batch", "used when the input is a folder or prefix (a Ray job)")
+    batch.add_argument("--format", default=_batch("format"), help="output extension (default: the input's)")
+    batch.add_argument("--overwrite", action="store_true",
+                       help="redo every pair, also those an earlier run finished with the same settings")
+    batch.add_argument("--workers", type=int, default=_batch("workers"),
+                       help="model actors (default: one per GPU, else one per --cpus-per-worker CPUs)")
+    batch.add_argument("--gpus-per-worker", type=float, default=_batch("gpus_per_worker"),
+                       help="GPUs per model actor (default 1 when the cluster has GPUs and --device is auto, "
+                       "or with --device cuda; else 0)")
+    batch.add_argument("--cpus-per-worker", type=float, default=_batch("cpus_per_worker"),
+                       help="CPUs per model actor, also its torch threads (default 1)")
+    batch.add_argument("--io-cpus", type=float, default=_batch("io_cpus"),
+                       help="CPUs per read/cut and write task (default 0: I/O bound, bounded by admission)")
+    batch.add_argument("--max-in-flight", type=int, default=_batch("max_in_flight"),
+                       help="images in flight at once (default 4)")
+    batch.add_argument("--max-in-flight-mp", type=float, default=_batch("max_in_flight_mp"),
+                       help="megapixels in flight at once, read from the headers (default: half the cluster's "
+                       "object store at 32 bytes per pixel; a larger image runs alone)")
+    batch.add_argument("--retries", type=int, default=_batch("retries"),
+                       help="actor restarts and retries of calls and tasks lost with a worker (default 3)")
     return p
 
 
@@ -169,69 +195,20 @@ def _is_single(uri: str, storage_options: dict | None) -> bool:
 
 
 def _run_single(options: BatchOptions) -> int:
-    """Stylize the one image ``options.input_uri`` into ``options.output_uri`` in this process."""
-    style_options, content, output = options.style_options, options.input_uri, options.output_uri
+    """Stylize the one image ``options.input_uri`` into ``options.output_uri`` in this process
+    (:func:`pipeline.api.stylize_file`, which checks everything it can before the models load)."""
+    style_options = options.style_options
     controls = style_options.style_weights is not None or style_options.mask is not None
     if len(options.style_uris) > 1 and not controls:
         raise UsageError("a single image takes one --style, or several with --style-weights (one blended output) "
                          "or --mask (a style per region); give an input folder or prefix for one output per style")
-    style_options = replace(style_options, device=resolve_device(style_options.device))
-    storage_options, mask = style_options.storage_options, style_options.mask
-    try:
-        output_format(output)
-    except ImageError as e:
-        raise UsageError(f"--output {e}") from e
-    check_output_location(output, storage_options, folder=False)
-    try:
-        size: tuple[int, int] | None = image_size(content, storage_options)
-    except ImageError:
-        if mask is not None:
-            raise
-        size = None  # stylize_file refuses the input below, with the decoder's own message
-    if mask is not None:
-        width, height = size
-        check_mask_size(mask, height, width, storage_options)
-    if size is not None:
-        resolve_stroke_scale(style_options.stroke_scale, size[1], size[0])  # an S too large fails before loading
     start = time.perf_counter()
-    models = load_models(style_options)
-    styles = [load_style(uri, models, style_size=style_options.style_size, storage_options=storage_options,
-                         max_pixels=style_options.max_pixels) for uri in options.style_uris]
-    style = style_levels(styles, weights=style_options.style_weights, masked=mask is not None)
-    log.info("models %s loaded (on %s, %s, %d tile(s) per network call) and style statistics ready in %.1f s",
-             models.model_id, models.device, models.precision, models.tile_batch, time.perf_counter() - start)
-    line = ProgressLine(log, seconds=options.progress_seconds)
-    progress = None
-    if size is not None:
-        width, height = size
-        mode = choose_mode(style_options.mode, height, width, style_options.tile)
-        if mode != "whole":
-            scale = resolve_stroke_scale(style_options.stroke_scale, height, width)
-            rounds = stroke_tile_rounds(height, width, tile=style_options.tile, levels=len(models.levels),
-                                        scale=scale, exact=mode == "exact")
-            progress = TileProgress(rounds, line)
-    report = stylize_file(
-        content,
-        output,
-        style,
-        models,
-        mode=style_options.mode,
-        tile=style_options.tile,
-        alpha=style_options.alpha,
-        stroke_scale=style_options.stroke_scale,
-        max_pixels=style_options.max_pixels,
-        quality=style_options.quality,
-        storage_options=storage_options,
-        on_level=lambda level, s: log.info("level %d done in %.2f s", level, s),
-        on_tile=progress,
-        mask_uri=mask,
-        preserve_color=style_options.preserve_color,
-    )
-    line.close()
-    total = time.perf_counter() - start
+    report = stylize_file(options.input_uri, options.style_uris, options.output_uri, options=style_options,
+                          progress_seconds=options.progress_seconds)
     log.info(
         "wrote %s (%dx%d, %s mode, %d tiles, stroke scale %d) in %.1f s (%.3f MP/s)",
-        output, report.width, report.height, report.mode, report.tiles, report.stroke_scale, total,
+        options.output_uri, report.width, report.height, report.mode, report.tiles, report.stroke_scale,
+        time.perf_counter() - start,
         report.width * report.height / 1e6 / report.seconds["stylize"],
     )
     return 0

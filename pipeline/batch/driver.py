@@ -67,7 +67,7 @@ from pipeline.imaging.imageio import check_pixels, image_size
 from pipeline.imaging.resample import BandSplit
 from pipeline.imaging.tiles import Rect, Tile, canvas_size, plan_tiles
 from pipeline.options import BatchOptions, StyleOptions
-from pipeline.progress import BatchProgress, ProgressLine
+from pipeline.progress import BatchProgress
 
 __all__ = ["STORE_BYTES_PER_PIXEL", "BatchSettings", "run_batch"]
 
@@ -233,7 +233,6 @@ class _Job:
         info = pool.infos[0]
         self.model_id = info.model_id
         self.geometry = cascade_geometry(info.channels)
-        self.line = ProgressLine(log, seconds=settings.progress_seconds)
         self.rows: list[ManifestRow] = []
         self._unwritten: list[ManifestRow] = []
 
@@ -476,10 +475,9 @@ class _Job:
                     self.record([future.result()])
                 self.flush()
                 self.progress.in_flight = len(running)
-                self.line.show(self.progress.text())
+                self.progress.show()
         self.flush()
-        self.line.show(self.progress.text(), force=True)
-        self.line.close()
+        self.progress.close()
         return self.rows
 
 
@@ -573,7 +571,7 @@ def run_batch(options: BatchOptions) -> int:
              run_id, len(contents), len(options.style_uris), len(pairs), len(todo),
              sum(r.status == "skipped" for r in decided), sum(r.status == "failed" for r in decided),
              options.output_uri)
-    progress = BatchProgress(total_pairs=len(pairs))
+    progress = BatchProgress(len(pairs), log, seconds=options.progress_seconds)
     rows = list(decided)
     if decided:
         writer.write(decided)
@@ -587,6 +585,7 @@ def run_batch(options: BatchOptions) -> int:
         log.error("%s", e)
         return 1
     finally:
+        progress.close()
         if started_ray:
             ray.shutdown()
     summary = summarize(rows, time.perf_counter() - start)

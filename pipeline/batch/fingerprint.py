@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 from fsspec.core import url_to_fs
@@ -24,6 +20,7 @@ from fsspec.core import url_to_fs
 from models import WeightSet
 from models.checkpoint import fetch, sha256_file
 from pipeline.imaging.imageio import output_format
+from pipeline.version import CODE_VERSION_ENV, code_version
 
 __all__ = [
     "CODE_VERSION_ENV",
@@ -35,29 +32,10 @@ __all__ = [
     "weights_digests",
 ]
 
-CODE_VERSION_ENV = "ULTRASTYLE_CODE_VERSION"
 # Formats whose bytes depend on --quality; for the others the flag changes nothing.
 _LOSSY = ("JPEG", "WEBP")
 # Digests are shown this long in a reason: enough to tell two apart at a glance.
 _SHOWN = 12
-
-
-def code_version() -> str:
-    """The code that stylizes: ``$ULTRASTYLE_CODE_VERSION`` (set by the image build), else the
-    package version plus the git commit of the checkout it runs from, else the version alone."""
-    if os.environ.get(CODE_VERSION_ENV):
-        return os.environ[CODE_VERSION_ENV]
-    try:
-        package = version("ultrastyle")
-    except PackageNotFoundError:
-        package = "unknown"
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return package
-    return f"{package}+git.{commit}"
 
 
 def weights_digests(weights: WeightSet, storage_options: dict[str, Any] | None = None) -> dict[str, str]:

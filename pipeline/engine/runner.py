@@ -59,6 +59,7 @@ __all__ = [
     "StyleStats",
     "choose_mode",
     "load_style",
+    "style_from_rgb",
     "stylize_file",
     "stylize_image",
 ]
@@ -95,7 +96,21 @@ def load_style(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> StyleStats:
     """Read a style image, optionally resize its longer side to ``style_size``, and return its statistics."""
-    image = to_tensor(read_image(uri, storage_options, max_pixels=max_pixels).rgb)
+    return style_from_rgb(read_image(uri, storage_options, max_pixels=max_pixels).rgb, models, style_size=style_size)
+
+
+def style_from_rgb(rgb: np.ndarray, models: ModelSet, *, style_size: int | None = None) -> StyleStats:
+    """Statistics of a style image in memory, its longer side first resized to ``style_size``.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8, or float32 in [0, 1]; both sides at least 32 px (after the resize).
+        models: the encoders the statistics are taken with.
+        style_size: the longer side's length in pixels (antialiased bilinear); ``None`` keeps it.
+
+    Returns:
+        Feature statistics (float64) per level of ``models``.
+    """
+    image = to_tensor(rgb)
     if style_size:
         h, w = image.shape[-2:]
         factor = style_size / max(h, w)

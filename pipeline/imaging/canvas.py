@@ -55,6 +55,7 @@ class Canvas(Protocol):
     channels: int
     height: int
     width: int
+    dtype: np.dtype  # how the values are stored (one of CANVAS_DTYPES); read() gives float32
 
     def read(self, rect: Rect) -> np.ndarray:
         """``(C, h, w)`` float32 copy of ``rect``, in [0, 1] for integer canvases."""

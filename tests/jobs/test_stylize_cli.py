@@ -365,3 +365,21 @@ def test_more_actors_than_the_cluster_holds_are_refused_at_once(ray_cluster, sma
         "lower --workers, --cpus-per-worker or --gpus-per-worker"
     )
     assert not [p for p in out.rglob("*") if p.is_file()]  # no output, no manifest row
+
+
+def test_help_groups_the_flags_and_ends_with_examples():
+    from jobs.stylize import build_parser
+
+    text = build_parser().format_help()
+    groups = ["input and output:", "look:", "performance:", "cluster and batch:", "examples:"]
+    at = [text.index("\n" + g + "\n") for g in groups]
+    assert at == sorted(at), "groups out of order"
+    sections = dict(zip(groups, (text[a:b] for a, b in zip(at, [*at[1:], len(text)], strict=True)), strict=True))
+    for group, flags in {"input and output:": ["--input", "--style ", "--output"],
+                         "look:": ["--alpha", "--style-size", "--style-weights", "--mask", "--preserve-color"],
+                         "performance:": ["--mode", "--tile ", "--device", "--precision", "--tile-batch"],
+                         "cluster and batch:": ["--workers", "--gpus-per-worker", "--max-in-flight"]}.items():
+        assert all(flag in sections[group] for flag in flags), group
+    assert "``" not in text and ":func:" not in text  # no reStructuredText
+    assert text.rstrip().endswith("ultrastyle stylize")
+    assert "    ultrastyle stylize photo.jpg --style painting.jpg --output photo-styled.png\n" in text

@@ -145,6 +145,8 @@ def sweep(args: argparse.Namespace) -> None:
             print(quality_row([str(scale), str(longer // scale)], found, plain))
         yardstick_score = score_image(yardstick, style, models, view=VIEW, content_uri=shrunk)
         print(quality_row(["the photo shrunk to 1024 px, then stylized", str(VIEW)], yardstick_score, None))
+        photo = score_image(args.content, style, models, view=VIEW, content_uri=args.content)
+        print(quality_row(["the photo, not stylized", "-"], photo, None))
 
 
 def main() -> None:

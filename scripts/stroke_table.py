@@ -8,7 +8,7 @@ and the time and peak memory from encoded file to encoded file. Prints docs/stro
   painted sample (:func:`jobs.samples.paint_style`, 512 px).
 - ``ultrastyle stylize --tile 512`` runs under ``/usr/bin/time -v`` without and with
   ``--stroke-scale auto`` (and any ``--scales``), alternated ``--repeats`` times in one run:
-  medians of the wall time and of the maximum resident set size.
+  medians of the wall time, of the CPU time (user + system) and of the maximum resident set size.
 - The photo shrunk to 1024 px and then stylized is the yardstick of a picture that reads as
   the style seen whole.
 - ``ultrastyle score`` (:func:`pipeline.engine.score.score_image`, view 1024) scores the photo,
@@ -44,17 +44,24 @@ def _painted_style(folder: str) -> str:
     return path
 
 
-def stylize(content: str, style: str, output: str, *flags: str) -> tuple[float, float]:
-    """``(wall seconds, peak RSS GiB)`` of one ``ultrastyle stylize --tile 512`` process."""
+def stylize(content: str, style: str, output: str, *flags: str) -> tuple[float, float, float]:
+    """``(wall seconds, CPU seconds, peak RSS GiB)`` of one ``ultrastyle stylize --tile 512`` process.
+
+    CPU seconds (user + system) are what the run cost; on a machine shared with other work they
+    vary less than the wall time."""
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "jobs.cli", "stylize", content, "--style", style,
            "--output", output, "--tile", "512", *flags]
     run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": os.path.dirname(output)})
     if run.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{run.stderr[-3000:]}")
-    peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr).group(1))
-    clock = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", run.stderr).group(1)
+
+    def field(name: str) -> str:
+        return re.search(rf"{re.escape(name)}: ([\d:.]+)", run.stderr).group(1)
+
+    clock = field("Elapsed (wall clock) time (h:mm:ss or m:ss)")
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(clock.split(":"))))
-    return seconds, peak_kib / 2**20
+    cpu = float(field("User time (seconds)")) + float(field("System time (seconds)"))
+    return seconds, cpu, int(field("Maximum resident set size (kbytes)")) / 2**20
 
 
 def direct(content: str, style: str, folder: str) -> tuple[str, str]:
@@ -85,13 +92,15 @@ def files(args: argparse.Namespace) -> None:
             content = os.path.join(keep, f"photo-{args.size}.jpg")
             if not os.path.exists(content):
                 photo_file(content, width, height)
-        flags = {"plain": [], **{f"--stroke-scale {s}": ["--stroke-scale", s] for s in args.scales}}
+        flags = {"plain": ["--stroke-scale", "1"]}
+        flags.update({f"--stroke-scale {s}": ["--stroke-scale", s] for s in args.scales})
         outputs = {name: os.path.join(keep, f"out-{name.split()[-1]}.jpg") for name in flags}
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in flags}
+        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in flags}
         for _ in range(args.repeats):
             for name, given in flags.items():
                 runs[name].append(stylize(content, style, outputs[name], *given))
-                print(f"{name}: {runs[name][-1][0]:.0f} s, {runs[name][-1][1]:.2f} GiB", file=sys.stderr, flush=True)
+                wall, cpu, rss = runs[name][-1]
+                print(f"{name}: {wall:.0f} s wall, {cpu:.0f} s CPU, {rss:.2f} GiB", file=sys.stderr, flush=True)
         shrunk, yardstick = direct(content, style, keep)
         models = load_model_set(None)
 
@@ -109,15 +118,16 @@ def files(args: argparse.Namespace) -> None:
                 print(quality_row([f"`{name}`"], score(outputs[name]), plain))
         print(quality_row(["the photo shrunk to 1024 px, then stylized"], score(yardstick, shrunk), None))
         print()
-        base_time = statistics.median(s for s, _ in runs["plain"])
-        base_rss = statistics.median(m for _, m in runs["plain"])
-        print("| run | seconds (median) | vs plain | peak RSS GiB (median) | vs plain | all runs (s / GiB) |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        base = [statistics.median(run[i] for run in runs["plain"]) for i in range(3)]
+        print("| run | wall s (median) | vs plain | CPU s (median) | vs plain | peak RSS GiB (median) | vs plain "
+              "| every run (wall s / CPU s / GiB) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, found in runs.items():
-            seconds, rss = statistics.median(s for s, _ in found), statistics.median(m for _, m in found)
-            every = ", ".join(f"{s:.0f} / {m:.2f}" for s, m in found)
-            print(f"| {name} | {seconds:.0f} | {seconds / base_time:.2f}x | {rss:.2f} | {rss / base_rss:.2f}x "
-                  f"| {every} |")
+            medians = [statistics.median(run[i] for run in found) for i in range(3)]
+            cells = [f"{m:.0f} | {m / b:.2f}x" if i < 2 else f"{m:.2f} | {m / b:.2f}x"
+                     for i, (m, b) in enumerate(zip(medians, base, strict=True))]
+            every = ", ".join(f"{w:.0f} / {c:.0f} / {r:.2f}" for w, c, r in found)
+            print(f"| {name} | {' | '.join(cells)} | {every} |")
 
 
 def sweep(args: argparse.Namespace) -> None:

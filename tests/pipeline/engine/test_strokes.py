@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from jobs.bench import psnr8
 from pipeline.engine.cascade import style_statistics
 from pipeline.engine.controls import style_levels
 from pipeline.engine.runner import LoadedImage, stylize_image, to_tensor
@@ -17,12 +18,6 @@ from pipeline.imaging.tiles import canvas_size, plan_tiles
 from pipeline.options import OptionError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def psnr8(a: np.ndarray, b: np.ndarray) -> float:
-    qa, qb = np.round(np.clip(a, 0, 1) * 255), np.round(np.clip(b, 0, 1) * 255)
-    mse = float(((qa - qb) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,10 @@
 
 An expected failure (a bad flag, a missing file, an unwritable output, weights that do not
 verify) is one line on stderr, ``ultrastyle stylize: error: ...``, and exit status 2 for a bad
-flag, 1 otherwise; it is found before any pixel is stylized.
+flag, 1 otherwise; it is found before any pixel is stylized. Any other failure is one line too
+(``--verbose`` adds its traceback). SIGTERM, SIGINT or SIGHUP stop the job with one line,
+``ultrastyle stylize: stopped by SIGTERM``, and status 128 + the signal's number, leaving
+nothing in ``TMPDIR`` (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from fsspec.core import url_to_fs
 
 from jobs.cli import VersionAction
 from jobs.flags import default, flag_message, options_from
+from jobs.logs import setup_logging
+from jobs.signals import Stopped, stop_on_signals
 from pipeline.api import stylize_file
 from pipeline.batch.preflight import UsageError
-from pipeline.imaging.imageio import IMAGE_EXTENSIONS, ImageError
+from pipeline.errors import LocationError, escape_controls, one_line_error
+from pipeline.imaging.imageio import IMAGE_EXTENSIONS, ImageError, output_format
 from pipeline.options import MODES, PRECISIONS, BatchOptions, OptionError, StyleOptions
 
 __all__ = ["build_options", "build_parser", "main"]
@@ -53,7 +59,7 @@ examples:
     ultrastyle stylize big.jpg --style painting.jpg --output big-styled.jpg --stroke-scale auto
   two styles blended 70/30 into one output:
     ultrastyle stylize photo.jpg --style a.jpg --style b.jpg --style-weights 0.7,0.3 --output out.png
-  every photo under a prefix, as a Ray job on a cluster:
+  every photo under a prefix, as a Ray job on a cluster (add --dry-run first to see what would run and why):
     ray job submit -- python -m jobs.stylize --input s3://bucket/photos/ --style s3://bucket/style.jpg \\
         --output s3://bucket/styled/
   the sample images, on a local Ray:
@@ -80,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXAMPLES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action=VersionAction)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug lines, a traceback with each failure, and libvips' and Ray's own warnings")
     io = p.add_argument_group("input and output")
     io.add_argument("content", nargs="?", help="content image, folder or prefix (same as --input)")
     io.add_argument("--input", help="content image, folder or prefix (any fsspec URI)")
@@ -88,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--quality", type=int, default=_style("quality"), help="JPEG/WebP quality (default 95)")
     io.add_argument("--max-pixels", type=int, default=_style("max_pixels"),
                     help="refuse larger images, before decoding them (default 1e9)")
-    io.add_argument("--storage-options", type=json.loads, default=_style("storage_options"),
+    io.add_argument("--storage-options", type=_json_object, default=_style("storage_options"),
                     help='JSON passed to fsspec, e.g. \'{"client_kwargs": {"endpoint_url": "http://..."}}\'')
     io.add_argument("--progress-seconds", type=float, default=_batch("progress_seconds"),
                     help="interval of the progress line when stderr is not a terminal (default 10; on a terminal "
@@ -151,8 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="megapixels in flight at once, read from the headers (default: half the cluster's "
                        "object store at 32 bytes per pixel; a larger image runs alone)")
     batch.add_argument("--retries", type=int, default=_batch("retries"),
-                       help="actor restarts and retries of calls and tasks lost with a worker (default 3)")
+                       help="actor restarts, and retries of calls, tasks and pairs lost with a worker or to a storage "
+                       "fault (default 3)")
+    batch.add_argument("--batch-images", type=int, default=_batch("batch_images"),
+                       help="images of at most one tile sent to a model actor per call (default 4)")
+    batch.add_argument("--header-threads", type=int, default=_batch("header_threads"),
+                       help="image headers read at once ahead of admission (default 16; more on a large cluster "
+                       "reading from S3)")
+    batch.add_argument("--manifest-wait", type=float, default=_batch("manifest_wait"),
+                       help="seconds the job waits at its end for manifest storage that is failing before it saves "
+                       "the unwritten rows to a local file (default 300)")
+    batch.add_argument("--dry-run", action="store_true",
+                       help="list, plan and resume, say what would run and why, and exit without starting Ray or "
+                       "writing anything")
     return p
+
+
+def _json_object(text: str) -> Any:
+    """``--storage-options``' JSON; a malformed one is refused with where it breaks, never with
+    its text (which may hold a secret key)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                                         "its text is not shown, as it may hold secrets") from None
 
 
 def _parse_weights(text: str | None) -> tuple[float, ...] | None:
@@ -187,11 +217,29 @@ def build_options(args: argparse.Namespace, content: str) -> BatchOptions:
 
 
 def _is_single(uri: str, storage_options: dict | None) -> bool:
-    """A file, or a name with an image extension that is not a folder (so a typo says 'no such file')."""
-    fs, path = url_to_fs(uri, **(storage_options or {}))
-    if fs.isfile(path):
-        return True
-    return PurePosixPath(path).suffix.lower() in IMAGE_EXTENSIONS and not fs.isdir(path)
+    """A file, or a name with an image extension that is not a folder (so a typo says 'no such file').
+
+    Raises:
+        LocationError: the input cannot be looked at (no credentials, an unreachable endpoint).
+    """
+    try:
+        fs, path = url_to_fs(uri, **(storage_options or {}))
+        if fs.isfile(path):
+            return True
+        return _names_an_image(path) and not fs.isdir(path)
+    except Exception as e:
+        raise LocationError(f"input {uri} cannot be read: {one_line_error(e)}") from e
+
+
+def _names_an_image(uri: str) -> bool:
+    """Whether ``uri`` ends like an image file (an input or output extension), not like a folder."""
+    if uri.endswith("/"):
+        return False
+    try:
+        output_format(uri)
+    except ImageError:
+        return PurePosixPath(uri).suffix.lower() in IMAGE_EXTENSIONS
+    return True
 
 
 def _run_single(options: BatchOptions) -> int:
@@ -221,9 +269,17 @@ def _run_batch(options: BatchOptions) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    log.setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
+    setup_logging(verbose=args.verbose)
+    try:
+        with stop_on_signals():
+            return _main(args)
+    except Stopped as e:
+        print(f"{PROG}: stopped by {e.name}", file=sys.stderr)
+        return e.status
+
+
+def _main(args: argparse.Namespace) -> int:
     content = args.content or args.input
     try:
         if content is None:
@@ -235,11 +291,17 @@ def main(argv: list[str] | None = None) -> int:
             log.info("no --input: stylizing the sample images in %s into %s", SAMPLES_DIR, args.output)
         options = build_options(args, content)
         if _is_single(content, options.style_options.storage_options):
+            if options.dry_run:
+                raise UsageError("--dry-run is for a batch: give an input folder or prefix")
             return _run_single(options)
+        if _names_an_image(options.output_uri):
+            raise UsageError(f"--output {options.output_uri} names an image, but the input {content} is a folder or "
+                             "prefix: give an output folder or prefix, which gets one image per content image and "
+                             "style (end it with / to use this name as a folder)")
         return _run_batch(options)
-    except (ImageError, ValueError, OSError, RuntimeError) as e:  # WeightsError is a RuntimeError
-        message = flag_message(e) if isinstance(e, OptionError) else str(e)
-        message = " ".join(message.split()) or type(e).__name__  # one line, however the library wrapped it
+    except Exception as e:
+        log.debug("%s failed", PROG, exc_info=True)
+        message = escape_controls(flag_message(e)) if isinstance(e, OptionError) else one_line_error(e)
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2 if isinstance(e, UsageError | OptionError) else 1
 

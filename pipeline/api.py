@@ -274,7 +274,8 @@ class Stylizer:
         elif not isinstance(content, str | os.PathLike):
             raise TypeError(f"content must be an array, a PIL image or a URI, got {type(content).__name__}")
         colour = self._style_levels(styles, options)
-        with tempfile.TemporaryDirectory(prefix="ultrastyle-") as workdir, contextlib.ExitStack() as stack:
+        workdir = tempfile.gettempdir()  # disk canvases are unlinked files: none is left, however the run ends
+        with contextlib.ExitStack() as stack:
             if isinstance(content, str | os.PathLike):
                 image: LoadedImage | StreamedImage = read_content(
                     os.fspath(content), options.storage_options, workdir=workdir, max_pixels=options.max_pixels)
@@ -363,14 +364,14 @@ class Stylizer:
         style_uris: list[str],
         output_uri: str,
         options: StyleOptions,
-        size: tuple[int, int] | None,
+        size: tuple[int, int],
         progress_seconds: float | None,
     ) -> RunReport:
         """The file-to-file run after :func:`_check_file_run`; ``size`` (width, height) sizes the progress."""
         start = time.perf_counter()
         colour = self._style_levels(list(style_uris), options)
         style_seconds = time.perf_counter() - start
-        progress = None if size is None else _tile_progress(options, self.models, size[1], size[0], progress_seconds)
+        progress = _tile_progress(options, self.models, size[1], size[0], progress_seconds)
         with contextlib.closing(progress) if progress is not None else contextlib.nullcontext():
             report = run_file(input_uri, output_uri, colour, self.models, mode=options.mode, tile=options.tile,
                               alpha=options.alpha, stroke_scale=options.stroke_scale,
@@ -392,19 +393,19 @@ def _picture(canvas: Canvas, image: LoadedImage | StreamedImage) -> np.ndarray:
 
 def _check_file_run(
     input_uri: str, style_uris: Sequence[str], output_uri: str, options: StyleOptions
-) -> tuple[int, int] | None:
+) -> tuple[int, int]:
     """Check a file-to-file run from headers alone, before models load or a pixel is stylized.
 
     Returns:
-        The input's ``(width, height)``, or ``None`` when its header cannot be read (the run
-        then refuses it with the decoder's own message).
+        The input's ``(width, height)``.
 
     Raises:
         ValueError: several styles without ``style_weights`` or ``mask``.
         OptionError: ``output_uri`` has an extension no writer knows; ``device`` asks for a
             GPU where there is none; ``stroke_scale`` shrinks the input below 32 px a side.
         OSError: the output's folder cannot be written.
-        ImageError: the mask cannot be read or differs in size from the input.
+        ImageError: the input, a style or the mask is missing or cannot be read, or the mask
+            differs in size from the input.
     """
     _check_style_count(len(style_uris), options)
     resolve_device(options.device)
@@ -413,13 +414,11 @@ def _check_file_run(
     except ImageError as e:
         raise OptionError("output_uri", str(e)) from e
     check_output_location(output_uri, options.storage_options, folder=False)
-    try:
-        size: tuple[int, int] | None = image_size(input_uri, options.storage_options)
-    except ImageError:
-        if options.mask is not None:
-            raise
-        size = None
-    if options.mask is not None and size is not None:
+    # The headers of every input: a missing or unreadable file is said before the models load.
+    size = image_size(input_uri, options.storage_options)
+    for uri in style_uris:
+        image_size(uri, options.storage_options)
+    if options.mask is not None:
         check_mask_size(options.mask, size[1], size[0], options.storage_options)
     if size is not None:
         resolve_stroke_scale(options.stroke_scale, size[1], size[0])  # an S too large for the image

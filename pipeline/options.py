@@ -240,8 +240,14 @@ class BatchOptions:
         io_cpus: CPUs each read/cut and write task reserves (0: bounded by admission only).
         max_in_flight: images in flight at once.
         max_in_flight_mp: megapixels in flight at once; ``None``: half the cluster's object store.
-        retries: actor restarts and retries of calls, tasks and pairs lost with a worker.
+        retries: actor restarts and retries of calls, tasks and pairs lost with a worker or to a
+            storage fault.
         progress_seconds: interval of the progress line when stderr is not a terminal.
+        dry_run: list, plan and resume, report what would run and why, and stop: no Ray, no writes.
+        batch_images: images of at most one tile sent to a model actor in one call.
+        header_threads: image headers read at once ahead of admission.
+        manifest_wait: seconds the job waits at its end for manifest storage that fails before it
+            saves the rows it could not write to a local file.
 
     Note:
         ``jobs/stylize.py`` builds one of these from any command line, so every flag is checked
@@ -267,6 +273,10 @@ class BatchOptions:
     max_in_flight_mp: float | None = None
     retries: int = 3
     progress_seconds: float = 10.0
+    dry_run: bool = False
+    batch_images: int = 4
+    header_threads: int = 16
+    manifest_wait: float = 300.0
 
     def __post_init__(self) -> None:
         _set(self, "input_uri", _uri("input_uri", self.input_uri))
@@ -289,6 +299,10 @@ class BatchOptions:
              _real("max_in_flight_mp", self.max_in_flight_mp, positive=True, optional=True))
         _set(self, "retries", _integer("retries", self.retries, low=0))
         _set(self, "progress_seconds", _real("progress_seconds", self.progress_seconds, positive=True))
+        _flag("dry_run", self.dry_run)
+        _set(self, "batch_images", _integer("batch_images", self.batch_images, low=1))
+        _set(self, "header_threads", _integer("header_threads", self.header_threads, low=1))
+        _set(self, "manifest_wait", _real("manifest_wait", self.manifest_wait))
         self.style_options.check_style_count(len(self.style_uris))
 
 

@@ -225,10 +225,10 @@ class BatchProgress:
             self.tiles_done += n
         self._display.show(self.done, self.text, self._figures, terminal_only=True)
 
-    def pair(self, status: str, megapixels: float = 0.0) -> None:
-        """A pair ended with ``status``; ``megapixels`` counts toward the rate when it ran."""
+    def pair(self, status: str, megapixels: float = 0.0, *, count: int = 1) -> None:
+        """``count`` pairs ended with ``status``; ``megapixels`` counts toward the rate when they ran."""
         with self._lock:
-            self.counts[status] += 1
+            self.counts[status] += count
             self.megapixels += megapixels
 
     def show(self, *, force: bool = False) -> None:

@@ -13,6 +13,7 @@ that import Ray.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -25,6 +26,7 @@ import numpy as np
 import ray
 import torch
 
+from pipeline.batch.transient import is_transient, quiet_storage_faults
 from pipeline.engine.controls import keep_chroma, read_mask
 from pipeline.engine.models import load_model_set
 from pipeline.engine.precision import DEFAULT_PRECISION, Precision, tf32_flags
@@ -32,6 +34,7 @@ from pipeline.engine.runner import Mode, RunReport, StyleLevels, StyleStats, loa
 from pipeline.engine.stats import TileStats
 from pipeline.engine.tiled import level_geometry, round_a_tiles, round_b_tiles
 from pipeline.engine.wct import ColorTransform, TransformSet
+from pipeline.errors import one_line_error
 from pipeline.imaging.canvas import Canvas, MemoryCanvas
 from pipeline.imaging.chunks import ChunkCanvas, compact, intersection
 from pipeline.imaging.imageio import ImageError
@@ -94,12 +97,18 @@ class CallInfo:
         stats: round A's feature statistics of each tile's core, in the call's tile order.
         report: for an image run in one call, the engine's report (size, mode, tiles and
             seconds per stage, ``write`` included).
+        error: for one image of :meth:`ModelActor.stylize_files`, why it failed (one line;
+            empty when it did not).
+        transient: the failure was a storage fault worth another try
+            (:func:`~pipeline.batch.transient.is_transient`).
     """
 
     worker: str
     seconds: float
     stats: tuple[TileStats, ...] = ()
     report: RunReport | None = None
+    error: str = ""
+    transient: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,40 +184,38 @@ def cut_image(
             of the wrong size or with labels beyond ``styles``, or the input decodes to another
             size than its header said.
     """
+    quiet_storage_faults()
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ultrastyle-cut-") as workdir:
+    # Disk canvases are unlinked files: a worker that fails, or that Ray kills, leaves none behind.
+    workdir = tempfile.gettempdir()
+    with contextlib.ExitStack() as opened:
         image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+        opened.callback(image.close)
         if (image.width, image.height) != (width, height):
-            image.close()
             raise ImageError(f"{content_uri} decodes to {image.width}x{image.height}, its header says {width}x{height}")
         bounds = Rect(0, 0, height, width)
         cores = [t.core for t in plan_tiles(height, width, tile=tile)]
-        header = ImageHeader(width, height, image.alpha is not None, image.icc_profile, 0.0)
-        opened: list[Canvas] = [image.canvas] + ([image.alpha] if image.alpha is not None else [])
-        try:
-            canvas, alpha = image.canvas, image.alpha
-            pixels = [compact(canvas.read(core)) for core in cores]
-            alphas = [None if alpha is None else compact(alpha.read(intersection(core, bounds))) for core in cores]
-            mask = None
-            if mask_uri is not None:
-                mask = read_mask(mask_uri, height=height, width=width, styles=styles, workdir=workdir,
-                                 storage_options=storage_options, max_pixels=max_pixels)
-                opened.append(mask)
-            labels = [] if mask is None else [mask.read(core) for core in cores]
-            coarse: list[np.ndarray] = []
-            coarse_labels: list[np.ndarray] = []
-            if stroke_scale > 1:
-                small = box_downscale(canvas, height, width, stroke_scale, workdir=workdir)
-                opened.append(small)
-                small_cores = [t.core for t in plan_tiles(height // stroke_scale, width // stroke_scale, tile=tile)]
-                coarse = [compact(small.read(core)) for core in small_cores]
-                if mask is not None:
-                    small_mask = label_downscale(mask, height, width, stroke_scale, workdir=workdir)
-                    opened.append(small_mask)
-                    coarse_labels = [small_mask.read(core) for core in small_cores]
-        finally:
-            for done in opened:
-                done.close()
+        canvas, alpha = image.canvas, image.alpha
+        header = ImageHeader(width, height, alpha is not None, image.icc_profile, 0.0)
+        pixels = [compact(canvas.read(core)) for core in cores]
+        alphas = [None if alpha is None else compact(alpha.read(intersection(core, bounds))) for core in cores]
+        mask = None
+        if mask_uri is not None:
+            mask = read_mask(mask_uri, height=height, width=width, styles=styles, workdir=workdir,
+                             storage_options=storage_options, max_pixels=max_pixels)
+            opened.callback(mask.close)
+        labels = [] if mask is None else [mask.read(core) for core in cores]
+        coarse: list[np.ndarray] = []
+        coarse_labels: list[np.ndarray] = []
+        if stroke_scale > 1:
+            small = box_downscale(canvas, height, width, stroke_scale, workdir=workdir)
+            opened.callback(small.close)
+            small_cores = [t.core for t in plan_tiles(height // stroke_scale, width // stroke_scale, tile=tile)]
+            coarse = [compact(small.read(core)) for core in small_cores]
+            if mask is not None:
+                small_mask = label_downscale(mask, height, width, stroke_scale, workdir=workdir)
+                opened.callback(small_mask.close)
+                coarse_labels = [small_mask.read(core) for core in small_cores]
     header = dataclasses.replace(header, read_seconds=time.perf_counter() - start)
     return (header, *pixels, *alphas, *labels, *coarse, *coarse_labels)
 
@@ -239,6 +246,7 @@ def write_chunks(
         quality: JPEG/WebP quality.
         storage_options: passed to the output filesystem.
     """
+    quiet_storage_faults()
     start = time.perf_counter()
     pixels, alphas = chunks[: len(rects)], chunks[len(rects) :]
     canvas = ChunkCanvas(3, *canvas_size(height, width), zip(rects, pixels, strict=True))
@@ -284,6 +292,7 @@ class ModelActor:
         precision: Precision = DEFAULT_PRECISION,
         tile_batch: int | None = None,
     ) -> None:
+        quiet_storage_faults()
         torch.set_num_threads(threads)
         self.models = load_model_set(weights, device=device, storage_options=storage_options, precision=precision,
                                      tile_batch=tile_batch)
@@ -347,6 +356,39 @@ class ModelActor:
             preserve_color=preserve_color,
         )
         return CallInfo(self.worker, time.perf_counter() - start, report=report)
+
+    def stylize_files(
+        self,
+        style: StyleStats | StyleLevels,
+        items: Sequence[tuple[str, str, str | None]],
+        *,
+        mode: Mode,
+        tile: int,
+        alpha: float,
+        max_pixels: int,
+        quality: int,
+        preserve_color: bool = False,
+        stroke_scale: StrokeScale = DEFAULT_STROKE_SCALE,
+    ) -> list[CallInfo]:
+        """Several small images in one call, one after another, as :meth:`stylize_file` runs each.
+
+        A batch of small images per call keeps this actor busy without a round trip to the
+        driver per image. An image that fails gets its one-line error in its
+        :class:`CallInfo` and the rest go on.
+
+        Args:
+            style: the statistics every image of the call is stylized with.
+            items: ``(content_uri, output_uri, mask_uri or None)`` per image.
+        """
+        results = []
+        for content_uri, output_uri, mask_uri in items:
+            try:
+                results.append(self.stylize_file(content_uri, style, output_uri, mode=mode, tile=tile, alpha=alpha,
+                                                 max_pixels=max_pixels, quality=quality, mask_uri=mask_uri,
+                                                 preserve_color=preserve_color, stroke_scale=stroke_scale))
+            except Exception as e:
+                results.append(CallInfo(self.worker, 0.0, error=one_line_error(e), transient=is_transient(e)))
+        return results
 
     def round_a(
         self,

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pyarrow as pa
 from fsspec.core import url_to_fs
 
 from models import WeightSet
@@ -24,6 +25,7 @@ from pipeline.version import CODE_VERSION_ENV, code_version
 
 __all__ = [
     "CODE_VERSION_ENV",
+    "SettingsBook",
     "changes",
     "code_version",
     "fingerprint",
@@ -147,3 +149,36 @@ def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         else:
             found.append(f"{key} {_shown(before)} -> {_shown(after)}")
     return found
+
+
+class SettingsBook:
+    """The distinct settings of a run's pairs, each kept once and named by a small id.
+
+    The pairs of a bucket share a handful of settings (one per style and output format; one
+    per content image only with ``--mask``), so a planned pair carries the id, an ``int32``
+    column, instead of its own copy of kilobyte-long JSON.
+
+    Attributes:
+        settings: canonical JSON (:func:`json.dumps` with sorted keys) per id.
+        fingerprints: :func:`fingerprint` per id.
+    """
+
+    def __init__(self) -> None:
+        self.settings: list[str] = []
+        self.fingerprints: list[str] = []
+        self._ids: dict[str, int] = {}
+
+    def add(self, settings: Mapping[str, Any]) -> int:
+        """The id of ``settings`` (a new one the first time they are seen)."""
+        text = json.dumps(settings, sort_keys=True)
+        found = self._ids.get(text)
+        if found is None:
+            found = self._ids[text] = len(self.settings)
+            self.settings.append(text)
+            self.fingerprints.append(fingerprint(settings))
+        return found
+
+    def column(self, ids: pa.Array, *, what: str = "fingerprints") -> pa.Array:
+        """The ``fingerprints`` (or ``settings``) of each id in ``ids``, as a dictionary-encoded column."""
+        values: Sequence[str] = self.fingerprints if what == "fingerprints" else self.settings
+        return pa.DictionaryArray.from_arrays(ids.cast(pa.int32()), pa.array(values, pa.string()))

@@ -178,24 +178,26 @@ def stylize_image(
     else:
         owned = isinstance(image, LoadedImage)
         source = canvas_from_array(image.rgb, workdir=workdir) if owned else image.canvas
-        if scale > 1:
-            canvas, seconds = stylize_strokes(
-                source, h, w, style_stats, models, scale=scale, tile=tile, alpha=alpha, workdir=workdir,
-                thumbnail_size=THUMBNAIL_SIZE if chosen == "thumbnail" else None, on_level=on_level,
-                on_tile=on_tile, mask=mask, preserve_color=preserve_color,
-            )
-        elif chosen == "exact":
-            canvas = stylize_exact(
-                source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
-                on_tile=on_tile, mask=mask, preserve_color=preserve_color,
-            )
-        else:
-            canvas = stylize_thumbnail(
-                source, h, w, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
-                on_tile=on_tile, mask=mask, preserve_color=preserve_color,
-            )
-        if owned:
-            source.close()
+        try:
+            if scale > 1:
+                canvas, seconds = stylize_strokes(
+                    source, h, w, style_stats, models, scale=scale, tile=tile, alpha=alpha, workdir=workdir,
+                    thumbnail_size=THUMBNAIL_SIZE if chosen == "thumbnail" else None, on_level=on_level,
+                    on_tile=on_tile, mask=mask, preserve_color=preserve_color,
+                )
+            elif chosen == "exact":
+                canvas = stylize_exact(
+                    source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
+                    on_tile=on_tile, mask=mask, preserve_color=preserve_color,
+                )
+            else:
+                canvas = stylize_thumbnail(
+                    source, h, w, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
+                    on_tile=on_tile, mask=mask, preserve_color=preserve_color,
+                )
+        finally:
+            if owned:
+                source.close()
         tiles = len(plan_tiles(h, w, tile=tile))
     report = RunReport(w, h, chosen, tiles, {"stylize": time.perf_counter() - start, **seconds}, scale)
     return canvas, report
@@ -240,25 +242,27 @@ def stylize_file(
     width, height = image_size(content_uri, storage_options)
     check_output(output_uri, width, height)
     resolve_stroke_scale(stroke_scale, height, width)
-    with tempfile.TemporaryDirectory(prefix="ultrastyle-") as workdir:
-        image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
-        mask = None
+    workdir = tempfile.gettempdir()  # the canvases are unlinked files: nothing stays there (see DiskCanvas)
+    image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+    mask = None
+    try:
+        if mask_uri is not None:
+            mask = read_mask(mask_uri, height=image.height, width=image.width, styles=labels, workdir=workdir,
+                             storage_options=storage_options, max_pixels=max_pixels)
+        read_s = time.perf_counter() - start
+        canvas, report = stylize_image(
+            image, style_stats, models, mode=mode, tile=tile, alpha=alpha, stroke_scale=stroke_scale,
+            workdir=workdir, on_level=on_level, on_tile=on_tile, mask=mask, preserve_color=preserve_color,
+        )
+        start = time.perf_counter()
         try:
-            if mask_uri is not None:
-                mask = read_mask(mask_uri, height=image.height, width=image.width, styles=labels, workdir=workdir,
-                                 storage_options=storage_options, max_pixels=max_pixels)
-            read_s = time.perf_counter() - start
-            canvas, report = stylize_image(
-                image, style_stats, models, mode=mode, tile=tile, alpha=alpha, stroke_scale=stroke_scale,
-                workdir=workdir, on_level=on_level, on_tile=on_tile, mask=mask, preserve_color=preserve_color,
-            )
-            start = time.perf_counter()
             write_result(output_uri, canvas, image, quality=quality, storage_options=storage_options)
-            canvas.close()
         finally:
-            image.close()
-            if mask is not None:
-                mask.close()
+            canvas.close()
+    finally:
+        image.close()
+        if mask is not None:
+            mask.close()
     report.seconds = {"read": read_s, **report.seconds, "write": time.perf_counter() - start}
     return report
 

@@ -186,8 +186,9 @@ def stylize_strokes(
     ch, cw = split.coarse_size
     labels = label_count(next(iter(style_stats.values())))
     small = box_downscale(canvas, height, width, scale, workdir=workdir)
-    small_mask = None if mask is None else label_downscale(mask, height, width, scale, workdir=workdir)
+    small_mask = coarse = full = None
     try:
+        small_mask = None if mask is None else label_downscale(mask, height, width, scale, workdir=workdir)
         coarse = CanvasExecutor(small, models, workdir=workdir, on_tile=on_tile, mask=small_mask, labels=labels)
         full = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile, mask=mask, labels=labels,
                               preserve_color=preserve_color)
@@ -201,8 +202,13 @@ def stylize_strokes(
         seconds = run_strokes(full, coarse, plan_tiles(height, width, tile=tile), plan_tiles(ch, cw, tile=tile),
                               model_geometry(models), style_stats, split=split, alpha=alpha, content_stats=stats,
                               on_level=on_level)
-        coarse.image.close()
+    except BaseException:
+        if full is not None:
+            full.close()
+        raise
     finally:
+        if coarse is not None:
+            coarse.close()
         small.close()
         if small_mask is not None:
             small_mask.close()

@@ -68,6 +68,7 @@ __all__ = [
     "read_rgb",
     "round_a_tiles",
     "round_b_tiles",
+    "run_in_process",
     "run_levels",
     "stylize_exact",
     "stylize_thumbnail",
@@ -486,6 +487,14 @@ class CanvasExecutor:
             self.image.close()
         self.image = image
 
+    def close(self) -> None:
+        """Release the canvases this executor made (the current level's image and cached
+        features; never the input): a failed or stopped run gives their disk back at once."""
+        for canvas in (self._features, self.image):
+            if canvas is not None and canvas is not self._input:
+                canvas.close()
+        self._features, self.image = None, self._input
+
 
 def tile_rounds(tiles: int, levels: int, *, exact: bool) -> int:
     """Tile rounds a cascade runs: the total that progress counts :class:`TileCallback` calls against."""
@@ -531,7 +540,17 @@ def stylize_exact(
     labels = label_count(next(iter(style_stats.values())))
     executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile, mask=mask, labels=labels,
                               preserve_color=preserve_color)
-    run_levels(executor, tiles, model_geometry(models), style_stats, alpha=alpha, on_level=on_level)
+    return run_in_process(executor, tiles, model_geometry(models), style_stats, alpha=alpha, on_level=on_level)
+
+
+def run_in_process(executor: CanvasExecutor, *args: Any, **kwargs: Any) -> Canvas:
+    """:func:`run_levels` on ``executor``, returning its output canvas; a failure or a stop
+    releases its canvases before going on up."""
+    try:
+        run_levels(executor, *args, **kwargs)
+    except BaseException:
+        executor.close()
+        raise
     return executor.image
 
 
@@ -621,9 +640,8 @@ def stylize_thumbnail(
     executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile, mask=mask, labels=labels,
                               preserve_color=preserve_color)
     stats = thumbnail_stats(canvas, height, width, style_stats, models, alpha=alpha, mask=mask, size=thumbnail_size)
-    run_levels(executor, tiles, model_geometry(models), style_stats, alpha=alpha, content_stats=stats,
-               on_level=on_level)
-    return executor.image
+    return run_in_process(executor, tiles, model_geometry(models), style_stats, alpha=alpha, content_stats=stats,
+                          on_level=on_level)
 
 
 def thumbnail_stats(

@@ -269,12 +269,12 @@ def test_a_rerun_redoes_exactly_the_pairs_whose_settings_changed(ray_cluster, sm
     made_by, before = [r["fingerprint"] for r in rows], made_by
     assert all(new != old for new, old in zip(made_by, before, strict=True))
 
-    # The same command again: nothing rewritten, every pair skipped.
+    # The same command again: nothing rewritten, every pair skipped, and no row added for them.
+    before = read_manifest(str(out))
     assert main([*argv, "--alpha", "0.5"]) == 0
     assert _stamps(out) == second
-    rows = _last_run(out)
-    assert [(r["status"], r["reason"]) for r in rows] == [("skipped", "")] * 2
-    assert [r["fingerprint"] for r in rows] == made_by
+    assert read_manifest(str(out)).equals(before)
+    assert [r["fingerprint"] for r in _last_run(out)] == made_by
 
     # A new picture under the style's old name redoes its pairs.
     Image.open(source / "gate.jpg").resize((96, 96)).save(style)
@@ -339,6 +339,61 @@ def test_the_single_image_cli_checks_its_output_before_anything_else(content_dir
     assert proc.returncode == status
     assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr
     assert proc.stderr.startswith(f"ultrastyle stylize: error: {expected.format(tmp=tmp_path)}")
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "expected"),
+    [
+        ("missing content", 1, "no such file: {tmp}/missing.jpg"),
+        ("missing style", 1, "no such file: {tmp}/missing.jpg"),
+        ("not an image", 1, "{tmp}/notes.jpg is not an image libvips can read"),
+        ("folder into an image name", 2, "--output {tmp}/out.png names an image, but the input {tmp}/photos is a "
+                                         "folder or prefix"),
+    ],
+)
+def test_a_new_users_mistake_is_one_line_before_the_models_load(content_dir, style_dir, tmp_path, capsys, case,
+                                                                 status, expected):
+    (tmp_path / "notes.jpg").write_text("this is a text file, not a photo\n")
+    (tmp_path / "photos").mkdir()
+    shutil.copy(content_dir / "rocket_420.jpg", tmp_path / "photos")
+    content = {"missing content": tmp_path / "missing.jpg", "not an image": tmp_path / "notes.jpg",
+               "folder into an image name": tmp_path / "photos"}.get(case, content_dir / "rocket_420.jpg")
+    style = tmp_path / "missing.jpg" if case == "missing style" else style_dir / "strokes_512.jpg"
+    # Missing weights: a check that ran after loading them would report those instead.
+    rc = main([str(content), "--style", str(style), "--output", str(tmp_path / "out.png"),
+               "--weights", str(tmp_path / "no-weights")])
+    assert rc == status
+    assert _error_line(capsys).startswith(f"ultrastyle stylize: error: {expected.format(tmp=tmp_path)}")
+    assert not (tmp_path / "out.png").exists()  # neither an image nor a batch's folder
+
+
+def test_malformed_storage_options_are_refused_without_their_text(content_dir, style_dir, tmp_path, capsys):
+    secret = '{"key": "AKIAEXAMPLE", "secret": "hunter2-do-not-print" '  # no closing brace
+    with pytest.raises(SystemExit) as done:
+        main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
+              "--output", str(tmp_path / "o.png"), "--storage-options", secret])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["ultrastyle stylize: error: argument --storage-options: is not valid JSON "
+                                "(Expecting ',' delimiter at line 1, column 57); its text is not shown, as it may "
+                                "hold secrets (see --help)"], err
+    assert "hunter2" not in err and "AKIA" not in err
+
+
+def test_an_s3_image_without_credentials_is_one_line(s3_options, style_dir, tmp_path):
+    """No key in the environment, no AWS files, no instance metadata: botocore finds no credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k == "AWS_CA_BUNDLE"}
+    env.update({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                "AWS_EC2_METADATA_DISABLED": "true"})
+    endpoint = {"client_kwargs": s3_options["client_kwargs"]}  # moto, so nothing leaves the machine
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.stylize", "s3://photos/cat.jpg", "--style", str(style_dir / "strokes_512.jpg"),
+         "--output", str(tmp_path / "o.png"), "--storage-options", json.dumps(endpoint)],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=env,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == ["ultrastyle stylize: error: input s3://photos/cat.jpg cannot be read: "
+                                        "NoCredentialsError: Unable to locate credentials"], proc.stderr
 
 
 def test_a_bad_command_line_is_one_line_and_status_2():

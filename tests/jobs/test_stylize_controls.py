@@ -115,12 +115,12 @@ def test_batch_masks_by_name_and_controls_in_the_settings(ray_cluster, inputs, w
         assert row["status"] == "ok" and row["style_uri"] == " + ".join(styles)
         controls = json.loads(row["settings"])["controls"]
         assert controls["preserve_color"] is True and controls["mask"].startswith("sha256:")
-    # Same command: the finished pairs are skipped; another mask picture redoes its pair only.
+    # Same command: the finished pair is skipped (its row stays); another mask picture redoes its pair only.
     labels = np.asarray(Image.open(masks / "small.png"))
     Image.fromarray(1 - labels).save(masks / "small.png")
     assert main(argv) == 1
     table = read_manifest(str(out)).to_pylist()
     last = max(table, key=lambda r: r["finished_at"])["run_id"]
     rerun = {Path(r["content_uri"]).name: r for r in table if r["run_id"] == last}
-    assert rerun["photo.png"]["status"] == "skipped"
+    assert "photo.png" not in rerun and rows["photo.png"]["run_id"] != last
     assert rerun["small.jpg"]["status"] == "ok" and "controls" in rerun["small.jpg"]["reason"]

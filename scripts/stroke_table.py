@@ -1,7 +1,7 @@
 """Measure the stroke scale on a large photo: how the picture reads seen whole, its 1:1 detail,
 and the time and peak memory from encoded file to encoded file. Prints docs/stroke-scale.md's tables.
 
-``python scripts/stroke_table.py [--size 12000x8000 | --content PHOTO] [--repeats 2] [--keep DIR]``
+``python scripts/stroke_table.py [--size 12000x8000 | --content PHOTO] [--style STYLE] [--repeats 2] [--keep DIR]``
 
 - The input is a photo of ``--size`` made by :func:`jobs.bench.photo_file` (scikit-image's coffee,
   upscaled with fine grain, JPEG), or ``--content``; the style is ``--style`` or the project's
@@ -14,7 +14,8 @@ and the time and peak memory from encoded file to encoded file. Prints docs/stro
 - ``ultrastyle score`` (:func:`pipeline.engine.score.score_image`, view 1024) scores the photo,
   each output and the yardstick.
 
-``--sweep 1,2,3,4,6`` instead runs the in-process engine over several stroke scales on
+``--plain OUT --auto OUT`` (outputs of ``--content`` made earlier) skips the runs and prints the scores
+only. ``--sweep 1,2,3,4,6`` instead runs the in-process engine over several stroke scales on
 ``--content`` (the reference-size sweep, no timing). Measure on an idle machine where you can.
 """
 
@@ -92,15 +93,19 @@ def files(args: argparse.Namespace) -> None:
             content = os.path.join(keep, f"photo-{args.size}.jpg")
             if not os.path.exists(content):
                 photo_file(content, width, height)
-        flags = {"plain": ["--stroke-scale", "1"]}
-        flags.update({f"--stroke-scale {s}": ["--stroke-scale", s] for s in args.scales})
-        outputs = {name: os.path.join(keep, f"out-{name.split()[-1]}.jpg") for name in flags}
-        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in flags}
-        for _ in range(args.repeats):
-            for name, given in flags.items():
-                runs[name].append(stylize(content, style, outputs[name], *given))
-                wall, cpu, rss = runs[name][-1]
-                print(f"{name}: {wall:.0f} s wall, {cpu:.0f} s CPU, {rss:.2f} GiB", file=sys.stderr, flush=True)
+        runs: dict[str, list[tuple[float, float, float]]] = {}
+        if args.plain:  # an earlier run's outputs: scores only
+            outputs = {"plain": args.plain, "--stroke-scale auto": args.auto}
+        else:
+            flags = {"plain": ["--stroke-scale", "1"]}
+            flags.update({f"--stroke-scale {s}": ["--stroke-scale", s] for s in args.scales})
+            outputs = {name: os.path.join(keep, f"out-{name.split()[-1]}.jpg") for name in flags}
+            runs = {name: [] for name in flags}
+            for _ in range(args.repeats):
+                for name, given in flags.items():
+                    runs[name].append(stylize(content, style, outputs[name], *given))
+                    wall, cpu, rss = runs[name][-1]
+                    print(f"{name}: {wall:.0f} s wall, {cpu:.0f} s CPU, {rss:.2f} GiB", file=sys.stderr, flush=True)
         shrunk, yardstick = direct(content, style, keep)
         models = load_model_set(None)
 
@@ -113,10 +118,12 @@ def files(args: argparse.Namespace) -> None:
         print("| --- | --- | --- | --- | --- | --- |")
         print(quality_row(["the photo, not stylized"], score(content), plain))
         print(quality_row(["plain (`--stroke-scale 1`)"], plain, plain))
-        for name in flags:
+        for name, output in outputs.items():
             if name != "plain":
-                print(quality_row([f"`{name}`"], score(outputs[name]), plain))
+                print(quality_row([f"`{name}`"], score(output), plain))
         print(quality_row(["the photo shrunk to 1024 px, then stylized"], score(yardstick, shrunk), None))
+        if not runs:
+            return
         print()
         base = [statistics.median(run[i] for run in runs["plain"]) for i in range(3)]
         print("| run | wall s (median) | vs plain | CPU s (median) | vs plain | peak RSS GiB (median) | vs plain "
@@ -169,7 +176,11 @@ def main() -> None:
     parser.add_argument("--sweep", default=None, help="comma-separated stroke scales: the reference-size sweep")
     parser.add_argument("--workdir", default=None, help="folder for temporary files (inputs, outputs, canvases)")
     parser.add_argument("--keep", default=None, help="keep the photo, style and outputs in this folder")
+    parser.add_argument("--plain", default=None, help="score this plain output of --content instead of running")
+    parser.add_argument("--auto", default=None, help="with --plain: the --stroke-scale auto output to score")
     args = parser.parse_args()
+    if bool(args.plain) != bool(args.auto):
+        parser.error("--plain and --auto go together")
     args.scales = [s for s in args.scales.split(",") if s]
     if args.sweep:
         if not args.content:

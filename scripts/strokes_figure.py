@@ -32,8 +32,8 @@ from pipeline.imaging.tiles import Rect
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SIZE = (12000, 8000)
-COLUMN = 900  # px: the width of each column, and of the 1:1 crop
-CROP_HEIGHT = 600
+COLUMN = 720  # px: the width of each column, and of the 1:1 crop
+CROP_HEIGHT = 480
 CAPTION = 22
 
 
@@ -43,7 +43,7 @@ def _outputs(workdir: str) -> tuple[str, str]:
     photo_file(photo, *SIZE)
     paint_style().save(style)
     outputs = []
-    for name, flags in (("plain", []), ("auto", ["--stroke-scale", "auto"])):
+    for name, flags in (("plain", ["--stroke-scale", "1"]), ("auto", ["--stroke-scale", "auto"])):
         out = os.path.join(workdir, f"out-{name}.jpg")
         subprocess.run([sys.executable, "-m", "jobs.cli", "stylize", photo, "--style", style, "--output", out,
                         "--tile", "512", *flags], check=True, env={**os.environ, "TMPDIR": workdir})
@@ -86,7 +86,7 @@ def draw(plain: str, auto: str, output: str) -> None:
         for r, cell in enumerate(col):
             figure.paste(cell, (c * (COLUMN + gap), y))
             y += heights[r] + gap
-    figure.save(output, quality=88)
+    figure.save(output, quality=70, optimize=True)  # small enough for the README (< 400 KB)
 
 
 def main() -> None:

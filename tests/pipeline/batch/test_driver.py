@@ -312,6 +312,31 @@ def test_masked_colour_kept_stroke_scaled_pairs_split_over_the_actors(ray_cluste
     assert _psnr(got, _decode((tmp_path / "ref.png").read_bytes())) >= 50
 
 
+def test_small_stroke_scaled_images_batched_per_call_give_the_engine_pixels(ray_cluster, content_dir, style_dir,
+                                                                            weights_dir, model_set, tmp_path):
+    """One-tile images go to the actors several to a call (``stylize_files``) with the stroke scale:
+    each output is the in-process engine's at that scale, not the plain cascade's."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    photo = Image.open(content_dir / "astronaut_512.jpg").convert("RGB")
+    photo.resize((112, 96)).save(source / "a.png")
+    photo.crop((100, 100, 400, 400)).resize((96, 112)).save(source / "b.png")
+    style = str(style_dir / "strokes_512.jpg")
+    argv = _args(str(source), str(out), [style], weights_dir, "--stroke-scale", "3", "--batch-images", "2")
+    assert main(argv) == 0
+    rows = read_manifest(str(out)).to_pylist()
+    assert [(r["status"], r["tiles"]) for r in rows] == [("ok", 1), ("ok", 1)]
+    assert all(json.loads(r["settings"])["stroke_scale"] == 3 for r in rows)
+    stats = load_style(style, model_set, style_size=STYLE_SIZE)
+    for name in ("a", "b"):
+        got = _decode((out / f"{name}__strokes_512.png").read_bytes())
+        image = str(source / f"{name}.png")
+        stylize_file(image, str(tmp_path / "ref.png"), stats, model_set, tile=TILE, stroke_scale=3)
+        stylize_file(image, str(tmp_path / "plain.png"), stats, model_set, tile=TILE)
+        assert _psnr(got, _decode((tmp_path / "ref.png").read_bytes())) >= 50
+        assert _psnr(got, _decode((tmp_path / "plain.png").read_bytes())) < 40
+
+
 def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, content_dir, style_dir, tmp_path, capsys):
     source = tmp_path / "in"
     source.mkdir()

@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content", default=None, help="bench this image instead of a generated one (--size ignored)")
     p.add_argument("--mode", choices=MODES, default="exact")
     p.add_argument("--tile", type=int, default=default(StyleOptions, "tile"))
+    p.add_argument("--stroke-scale", default=default(StyleOptions, "stroke_scale"), metavar="S|auto",
+                   help="brush strokes S times larger (see ultrastyle stylize --help; default 1)")
     p.add_argument("--weights", default=default(StyleOptions, "weights"),
                    help="weights location (default: $ULTRASTYLE_WEIGHTS or embedded)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -228,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     style = style_statistics(style_rgb, models)
     for _ in range(args.warmup):
         with tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
-            canvas, _ = stylize_image(image, style, models, mode=options.mode, tile=options.tile, workdir=workdir)
+            canvas, _ = stylize_image(image, style, models, mode=options.mode, tile=options.tile,
+                                      stroke_scale=options.stroke_scale, workdir=workdir)
             canvas.close()
     clock = LevelClock(device)
     if device.type == "cuda":
@@ -237,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     with PeakMemory() as memory, tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
         start = time.perf_counter()
         clock.start()
-        canvas, report = stylize_image(image, style, models, mode=options.mode, tile=options.tile, workdir=workdir,
+        canvas, report = stylize_image(image, style, models, mode=options.mode, tile=options.tile,
+                                       stroke_scale=options.stroke_scale, workdir=workdir,
                                        on_level=clock)
         wall = time.perf_counter() - start
         result = _result(image, canvas) if args.psnr else None
@@ -248,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         reference_models = load_models(replace(options, precision="fp32"))
         reference_style = style_statistics(style_rgb, reference_models)
         with tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
-            canvas, _ = stylize_image(image, reference_style, reference_models, mode="whole", workdir=workdir)
+            canvas, _ = stylize_image(image, reference_style, reference_models, mode="whole",
+                                      stroke_scale=options.stroke_scale, workdir=workdir)
             psnr = psnr8(result, _result(image, canvas))
     summary = {
         "size": f"{width}x{height}",
@@ -258,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": report.mode,
         "tile": None if report.mode == "whole" else options.tile,
         "tiles": report.tiles,
+        "stroke_scale": report.stroke_scale,
         "tile_batch": models.tile_batch,
         "threads": torch.get_num_threads(),
         "warmup": args.warmup,
@@ -274,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         gpu = "" if gpu_peak is None else f", peak GPU {summary['peak_gpu_gib']} GiB"
         print(
             f"{summary['size']} {summary['mode']} {summary['precision']} on {summary['device']} "
-            f"tile={summary['tile']} tiles={summary['tiles']}: {summary['seconds']} s, {summary['mp_per_s']} MP/s, "
+            f"tile={summary['tile']} tiles={summary['tiles']} stroke scale {summary['stroke_scale']}: "
+            f"{summary['seconds']} s, {summary['mp_per_s']} MP/s, "
             f"peak RSS {summary['peak_rss_gib']} GiB{gpu}, PSNR vs fp32 whole {summary['psnr_vs_fp32_whole']} dB, "
             f"per level {summary['level_seconds']}"
         )

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "distill": "distil small encoders/decoders on Ray Train",
     "weights": "list, verify, pull or pack model weights",
     "bench": "measure megapixels per second and peak memory of the cascade",
+    "score": "how much a picture reads as its style, seen whole and at 1:1 (Gram distance)",
 }
 
 

@@ -55,6 +55,8 @@ examples:
   a lighter touch, the style taken at 512 px, the photo's colours kept:
     ultrastyle stylize photo.jpg --style painting.jpg --output out.jpg --alpha 0.7 --style-size 512 \\
         --preserve-color
+  a 96-megapixel photo whose strokes read as a painting when the whole picture is on a screen:
+    ultrastyle stylize big.jpg --style painting.jpg --output big-styled.jpg --stroke-scale auto
   two styles blended 70/30 into one output:
     ultrastyle stylize photo.jpg --style a.jpg --style b.jpg --style-weights 0.7,0.3 --output out.png
   every photo under a prefix, as a Ray job on a cluster (add --dry-run first to see what would run and why):
@@ -105,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     look.add_argument("--style-size", type=int, default=_style("style_size"),
                       help="resize the style's longer side to N px before taking its statistics, which sets the "
                       "scale of its strokes (default: as it is)")
+    look.add_argument("--stroke-scale", default=_style("stroke_scale"), metavar="S|auto",
+                      help="brush strokes S times larger at the same output size (coarse to fine: the image shrunk "
+                      "by S is stylized too and its low frequencies kept); auto: S from the image size, so that the "
+                      "picture seen whole on a screen reads as the style (S = longer side / 1024, rounded). "
+                      "Default 1: the plain cascade")
     look.add_argument("--style-weights", default=None, metavar="W1,W2,...",
                       help="blend the --style images into one output with these weights (one per style, "
                       "non-negative, normalised to sum 1)")
@@ -247,8 +254,9 @@ def _run_single(options: BatchOptions) -> int:
     report = stylize_file(options.input_uri, options.style_uris, options.output_uri, options=style_options,
                           progress_seconds=options.progress_seconds)
     log.info(
-        "wrote %s (%dx%d, %s mode, %d tiles) in %.1f s (%.3f MP/s)",
-        options.output_uri, report.width, report.height, report.mode, report.tiles, time.perf_counter() - start,
+        "wrote %s (%dx%d, %s mode, %d tiles, stroke scale %d) in %.1f s (%.3f MP/s)",
+        options.output_uri, report.width, report.height, report.mode, report.tiles, report.stroke_scale,
+        time.perf_counter() - start,
         report.width * report.height / 1e6 / report.seconds["stylize"],
     )
     return 0

@@ -47,11 +47,11 @@ from pipeline.engine.runner import (
     stylize_image,
 )
 from pipeline.engine.runner import stylize_file as run_file
-from pipeline.engine.tiled import read_rgb, tile_rounds
+from pipeline.engine.strokes import resolve_stroke_scale, stroke_tile_rounds
+from pipeline.engine.tiled import read_rgb
 from pipeline.imaging.canvas import Canvas
 from pipeline.imaging.imageio import ImageError, LoadedImage, StreamedImage, image_size, output_format
 from pipeline.imaging.output import canvas_to_uint8
-from pipeline.imaging.tiles import plan_tiles
 from pipeline.options import OptionError, StyleOptions
 from pipeline.progress import TileProgress
 
@@ -148,8 +148,10 @@ def _tile_progress(
     mode = choose_mode(options.mode, height, width, options.tile)
     if seconds is None or mode == "whole":
         return None
-    tiles = len(plan_tiles(height, width, tile=options.tile))
-    return TileProgress(tile_rounds(tiles, len(models.levels), exact=mode == "exact"), log, seconds=seconds)
+    scale = resolve_stroke_scale(options.stroke_scale, height, width)
+    rounds = stroke_tile_rounds(height, width, tile=options.tile, levels=len(models.levels), scale=scale,
+                                exact=mode == "exact")
+    return TileProgress(rounds, log, seconds=seconds)
 
 
 def _log_level(level: int, seconds: float) -> None:
@@ -314,8 +316,9 @@ class Stylizer:
             if progress is not None:
                 stack.enter_context(contextlib.closing(progress))
             canvas, _ = stylize_image(image, colour, self.models, mode=options.mode, tile=options.tile,
-                                      alpha=options.alpha, workdir=workdir, on_level=_log_level, on_tile=progress,
-                                      mask=mask, preserve_color=options.preserve_color)
+                                      alpha=options.alpha, stroke_scale=options.stroke_scale, workdir=workdir,
+                                      on_level=_log_level, on_tile=progress, mask=mask,
+                                      preserve_color=options.preserve_color)
             stack.callback(canvas.close)
             yield canvas
 
@@ -371,7 +374,8 @@ class Stylizer:
         progress = _tile_progress(options, self.models, size[1], size[0], progress_seconds)
         with contextlib.closing(progress) if progress is not None else contextlib.nullcontext():
             report = run_file(input_uri, output_uri, colour, self.models, mode=options.mode, tile=options.tile,
-                              alpha=options.alpha, max_pixels=options.max_pixels, quality=options.quality,
+                              alpha=options.alpha, stroke_scale=options.stroke_scale,
+                              max_pixels=options.max_pixels, quality=options.quality,
                               storage_options=options.storage_options, on_level=_log_level, on_tile=progress,
                               mask_uri=options.mask, preserve_color=options.preserve_color)
         report.seconds = {"style": style_seconds, **report.seconds}
@@ -398,7 +402,7 @@ def _check_file_run(
     Raises:
         ValueError: several styles without ``style_weights`` or ``mask``.
         OptionError: ``output_uri`` has an extension no writer knows; ``device`` asks for a
-            GPU where there is none.
+            GPU where there is none; ``stroke_scale`` shrinks the input below 32 px a side.
         OSError: the output's folder cannot be written.
         ImageError: the input, a style or the mask is missing or cannot be read, or the mask
             differs in size from the input.
@@ -416,6 +420,8 @@ def _check_file_run(
         image_size(uri, options.storage_options)
     if options.mask is not None:
         check_mask_size(options.mask, size[1], size[0], options.storage_options)
+    if size is not None:
+        resolve_stroke_scale(options.stroke_scale, size[1], size[0])  # an S too large for the image
     return size
 
 

@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "AUTO_STROKE_SCALE",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_PRECISION",
     "DEFAULT_QUALITY",
+    "DEFAULT_STROKE_SCALE",
     "DEFAULT_TILE",
     "MODES",
     "PRECISIONS",
@@ -38,10 +40,12 @@ __all__ = [
     "Mode",
     "OptionError",
     "Precision",
+    "StrokeScale",
     "StyleOptions",
     "check_device",
     "check_mode",
     "check_precision",
+    "check_stroke_scale",
 ]
 
 MODES = ("auto", "whole", "exact", "thumbnail")
@@ -52,6 +56,11 @@ DEFAULT_PRECISION: Precision = "fp32"
 DEFAULT_TILE = 1024
 DEFAULT_QUALITY = 95
 DEFAULT_MAX_PIXELS = 1_000_000_000
+# --stroke-scale: an integer S >= 1 (1: the plain cascade), or "auto" (S from the image size,
+# pipeline.engine.strokes.resolve_stroke_scale).
+AUTO_STROKE_SCALE = "auto"
+StrokeScale = int | Literal["auto"]
+DEFAULT_STROKE_SCALE: StrokeScale = 1
 # Tile cores are multiples of this: pipeline.imaging.tiles.TILE_ALIGN (the cascade's four 2x2
 # pooling grids), repeated so that checking options does not import torch; a test keeps them equal.
 _TILE_ALIGN = 16
@@ -99,6 +108,23 @@ def check_precision(precision: Any) -> Precision:
     return _choice("precision", precision, PRECISIONS)
 
 
+def check_stroke_scale(stroke_scale: Any) -> StrokeScale:
+    """Return ``stroke_scale`` as a positive ``int``, or ``"auto"``; a string of digits (a flag's
+    value) counts as its number.
+
+    Raises:
+        OptionError: naming ``stroke_scale`` and what arrived.
+    """
+    if stroke_scale == AUTO_STROKE_SCALE:
+        return AUTO_STROKE_SCALE
+    found = stroke_scale
+    if isinstance(found, str) and found.isdigit() and found.isascii():
+        found = int(found)
+    if not _is_integer(found) or found < 1:
+        raise OptionError("stroke_scale", f"must be a positive integer or 'auto', got {stroke_scale!r}")
+    return int(found)
+
+
 def check_device(device: Any) -> str:
     """Return ``device`` when it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (not yet resolved).
 
@@ -133,6 +159,9 @@ class StyleOptions:
         mask: a label image (single image) or a folder of ``<content stem>.png`` (batch)
             whose value ``i`` picks the ``i``-th style; ``None``: no mask.
         preserve_color: keep the content's chroma, take the stylized luminance.
+        stroke_scale: brush strokes this many times larger at the same output size (an integer
+            ``S`` >= 1; 1 is the plain cascade), or ``"auto"``: ``S`` from the image size, so the
+            picture seen whole reads as the style (:mod:`pipeline.engine.strokes`).
         storage_options: passed to fsspec for every URI the engine reads or writes (copied;
             never shown by ``repr``, since it may hold secrets).
 
@@ -153,6 +182,7 @@ class StyleOptions:
     style_weights: tuple[float, ...] | None = None
     mask: str | None = None
     preserve_color: bool = False
+    stroke_scale: StrokeScale = DEFAULT_STROKE_SCALE
     storage_options: dict[str, Any] | None = field(default=None, repr=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -172,6 +202,7 @@ class StyleOptions:
         _set(self, "style_weights", _blend_weights(self.style_weights))
         _set(self, "mask", _uri("mask", self.mask, optional=True))
         _flag("preserve_color", self.preserve_color)
+        _set(self, "stroke_scale", check_stroke_scale(self.stroke_scale))
         _set(self, "storage_options", _storage_options(self.storage_options))
         if self.style_weights is not None and self.mask is not None:
             raise OptionError(("style_weights", "mask"), "do not go together: the mask picks one style per pixel")

@@ -13,6 +13,7 @@ that import Ray.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -26,20 +27,23 @@ import ray
 import torch
 
 from pipeline.batch.transient import is_transient, quiet_storage_faults
+from pipeline.engine.controls import keep_chroma, read_mask
 from pipeline.engine.models import load_model_set
 from pipeline.engine.precision import DEFAULT_PRECISION, Precision, tf32_flags
 from pipeline.engine.runner import Mode, RunReport, StyleLevels, StyleStats, load_style, read_content, stylize_file
-from pipeline.engine.stats import FeatureStats
+from pipeline.engine.stats import TileStats
 from pipeline.engine.tiled import level_geometry, round_a_tiles, round_b_tiles
-from pipeline.engine.wct import ColorTransform
+from pipeline.engine.wct import ColorTransform, TransformSet
 from pipeline.errors import one_line_error
-from pipeline.imaging.canvas import MemoryCanvas
+from pipeline.imaging.canvas import Canvas, MemoryCanvas
 from pipeline.imaging.chunks import ChunkCanvas, compact, intersection
 from pipeline.imaging.imageio import ImageError
 from pipeline.imaging.output import canvas_to_uint8, write_canvas
+from pipeline.imaging.resample import BandSplit, band_split_tile, box_downscale, label_downscale
 from pipeline.imaging.tiles import Rect, Tile, canvas_size, plan_tiles
+from pipeline.options import DEFAULT_STROKE_SCALE, StrokeScale
 
-__all__ = ["CallInfo", "ImageHeader", "ModelActor", "WorkerInfo", "cut_image", "write_chunks"]
+__all__ = ["CallInfo", "CutImage", "ImageHeader", "ModelActor", "WorkerInfo", "cut_image", "write_chunks"]
 
 
 @dataclass(frozen=True)
@@ -101,10 +105,47 @@ class CallInfo:
 
     worker: str
     seconds: float
-    stats: tuple[FeatureStats, ...] = ()
+    stats: tuple[TileStats, ...] = ()
     report: RunReport | None = None
     error: str = ""
     transient: bool = False
+
+
+@dataclass(frozen=True)
+class CutImage:
+    """The layout of what :func:`cut_image` returns: how many objects, and which is which.
+
+    After the :class:`ImageHeader` come, per core of the padded canvas (in
+    :func:`~pipeline.imaging.tiles.plan_tiles` order), its pixels, then its alpha, then (with a
+    mask) its labels; then, at a stroke scale, per core of the shrunk image its pixels and
+    (with a mask) its labels.
+
+    Attributes:
+        tiles: cores of the image.
+        coarse_tiles: cores of the image shrunk by the stroke scale (0 without one).
+        masked: whether label cores are returned.
+    """
+
+    tiles: int
+    coarse_tiles: int = 0
+    masked: bool = False
+
+    @property
+    def returns(self) -> int:
+        """The ``num_returns`` to call :func:`cut_image` with."""
+        per_core = 3 if self.masked else 2
+        return 1 + per_core * self.tiles + (2 if self.masked else 1) * self.coarse_tiles
+
+    def parts(self, refs: Sequence[Any]) -> dict[str, list[Any]]:
+        """``refs`` (one per return) by part: ``header`` (one), ``image``, ``alpha``, ``mask``,
+        ``coarse``, ``coarse_mask`` (empty lists for the parts not returned)."""
+        sizes = {"header": 1, "image": self.tiles, "alpha": self.tiles, "mask": self.tiles if self.masked else 0,
+                 "coarse": self.coarse_tiles, "coarse_mask": self.coarse_tiles if self.masked else 0}
+        found, start = {}, 0
+        for name, size in sizes.items():
+            found[name] = list(refs[start : start + size])
+            start += size
+        return found
 
 
 @ray.remote
@@ -116,28 +157,40 @@ def cut_image(
     tile: int,
     max_pixels: int,
     storage_options: dict[str, Any] | None,
+    mask_uri: str | None = None,
+    styles: int = 0,
+    stroke_scale: int = 1,
 ) -> tuple[ImageHeader | np.ndarray | None, ...]:
-    """Read an image and cut it into tile cores, one object each (call with ``num_returns=1 + 2 * tiles``).
+    """Read an image (and its mask) and cut it into tile cores, one object each (call with
+    ``num_returns=CutImage(...).returns``; :class:`CutImage` gives the order).
 
-    Returns an :class:`ImageHeader`, then per core of the reflect-padded canvas (in
-    :func:`~pipeline.imaging.tiles.plan_tiles` order) its ``(3, h, w)`` pixels, then per core its
-    ``(1, h', w')`` alpha clipped to the image (``None`` without alpha). Values are uint8
-    where that is lossless (8-bit inputs), else float32 in [0, 1] (see
-    :func:`~pipeline.imaging.chunks.compact`). The image goes through
-    :func:`~pipeline.engine.runner.read_content` onto a disk canvas a strip at a time.
+    Pixels are ``(3, h, w)``, uint8 where that is lossless (8-bit inputs), else float32 in
+    [0, 1] (see :func:`~pipeline.imaging.chunks.compact`); alpha is ``(1, h', w')`` clipped to
+    the image (``None`` without alpha); labels are ``(1, h, w)`` float32. The image goes
+    through :func:`~pipeline.engine.runner.read_content` onto a disk canvas a strip at a time,
+    the mask through :func:`~pipeline.engine.controls.read_mask`, and at a stroke scale the
+    shrunk copies are made from those canvases a band at a time
+    (:func:`~pipeline.imaging.resample.box_downscale`, :func:`~pipeline.imaging.resample.label_downscale`).
 
     Args:
         width, height: the size the driver read from the header and planned the tiles for.
+        mask_uri: the mask, whose values pick one of ``styles`` styles; ``None`` without.
+        stroke_scale: the resolved stroke scale ``S``; above 1 the image (and mask) shrunk by
+            ``S`` are cut too, into the tiles of :func:`~pipeline.imaging.tiles.plan_tiles` of
+            their size.
 
     Raises:
-        ImageError: the input is missing, not an image, corrupt, over ``max_pixels``, or
-            decodes to another size than its header said.
+        ImageError: the input or mask is missing, not an image, corrupt, over ``max_pixels``,
+            of the wrong size or with labels beyond ``styles``, or the input decodes to another
+            size than its header said.
     """
     quiet_storage_faults()
     start = time.perf_counter()
     # Disk canvases are unlinked files: a worker that fails, or that Ray kills, leaves none behind.
-    image = read_content(content_uri, storage_options, workdir=tempfile.gettempdir(), max_pixels=max_pixels)
-    try:
+    workdir = tempfile.gettempdir()
+    with contextlib.ExitStack() as opened:
+        image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+        opened.callback(image.close)
         if (image.width, image.height) != (width, height):
             raise ImageError(f"{content_uri} decodes to {image.width}x{image.height}, its header says {width}x{height}")
         bounds = Rect(0, 0, height, width)
@@ -146,10 +199,25 @@ def cut_image(
         header = ImageHeader(width, height, alpha is not None, image.icc_profile, 0.0)
         pixels = [compact(canvas.read(core)) for core in cores]
         alphas = [None if alpha is None else compact(alpha.read(intersection(core, bounds))) for core in cores]
-    finally:
-        image.close()
+        mask = None
+        if mask_uri is not None:
+            mask = read_mask(mask_uri, height=height, width=width, styles=styles, workdir=workdir,
+                             storage_options=storage_options, max_pixels=max_pixels)
+            opened.callback(mask.close)
+        labels = [] if mask is None else [mask.read(core) for core in cores]
+        coarse: list[np.ndarray] = []
+        coarse_labels: list[np.ndarray] = []
+        if stroke_scale > 1:
+            small = box_downscale(canvas, height, width, stroke_scale, workdir=workdir)
+            opened.callback(small.close)
+            small_cores = [t.core for t in plan_tiles(height // stroke_scale, width // stroke_scale, tile=tile)]
+            coarse = [compact(small.read(core)) for core in small_cores]
+            if mask is not None:
+                small_mask = label_downscale(mask, height, width, stroke_scale, workdir=workdir)
+                opened.callback(small_mask.close)
+                coarse_labels = [small_mask.read(core) for core in small_cores]
     header = dataclasses.replace(header, read_seconds=time.perf_counter() - start)
-    return (header, *pixels, *alphas)
+    return (header, *pixels, *alphas, *labels, *coarse, *coarse_labels)
 
 
 @ray.remote
@@ -262,10 +330,11 @@ class ModelActor:
         quality: int,
         mask_uri: str | None = None,
         preserve_color: bool = False,
+        stroke_scale: StrokeScale = DEFAULT_STROKE_SCALE,
     ) -> CallInfo:
-        """An image in one call that reads and writes it too (one-tile images, ``whole`` and
-        ``thumbnail`` modes, and the creative controls: ``mask_uri`` with one colouring per
-        style in ``style``, ``preserve_color``).
+        """An image in one call that reads and writes it too (one-tile images, and the ``whole``
+        and ``thumbnail`` modes), with any control: ``mask_uri`` with one colouring per style in
+        ``style``, ``preserve_color``, ``stroke_scale``.
 
         The engine keeps its intermediate images on disk canvases in a temporary folder, so
         a large image costs this actor disk, not memory.
@@ -279,6 +348,7 @@ class ModelActor:
             mode=mode,
             tile=tile,
             alpha=alpha,
+            stroke_scale=stroke_scale,
             max_pixels=max_pixels,
             quality=quality,
             storage_options=self.storage_options,
@@ -298,6 +368,7 @@ class ModelActor:
         max_pixels: int,
         quality: int,
         preserve_color: bool = False,
+        stroke_scale: StrokeScale = DEFAULT_STROKE_SCALE,
     ) -> list[CallInfo]:
         """Several small images in one call, one after another, as :meth:`stylize_file` runs each.
 
@@ -314,13 +385,20 @@ class ModelActor:
             try:
                 results.append(self.stylize_file(content_uri, style, output_uri, mode=mode, tile=tile, alpha=alpha,
                                                  max_pixels=max_pixels, quality=quality, mask_uri=mask_uri,
-                                                 preserve_color=preserve_color))
+                                                 preserve_color=preserve_color, stroke_scale=stroke_scale))
             except Exception as e:
                 results.append(CallInfo(self.worker, 0.0, error=one_line_error(e), transient=is_transient(e)))
         return results
 
     def round_a(
-        self, level: int, tiles: Sequence[Tile], size: tuple[int, int], rects: Sequence[Rect], *chunks: np.ndarray
+        self,
+        level: int,
+        tiles: Sequence[Tile],
+        size: tuple[int, int],
+        rects: Sequence[Rect],
+        *chunks: np.ndarray,
+        mask_rects: Sequence[Rect] = (),
+        labels: int = 0,
     ) -> CallInfo | tuple[CallInfo | np.ndarray, ...]:
         """Round A of ``level`` for several tiles, on the level's input cores around them.
 
@@ -329,7 +407,8 @@ class ModelActor:
             tiles: the tiles whose cores are computed.
             size: ``(height, width)`` of the padded canvas.
             rects, chunks: the input cores their encoder halos reach (``(3, h, w)``, float32
-                or uint8).
+                or uint8), then the mask's label cores at ``mask_rects`` (the tiles' cores).
+            labels: mask labels; with a mask, each core's statistics are per label.
 
         Returns:
             The :class:`CallInfo` with each core's statistics; where the level caches
@@ -337,9 +416,11 @@ class ModelActor:
             ``(C, h / scale, w / scale)`` float32 features.
         """
         start = time.perf_counter()
-        canvas = ChunkCanvas(3, *size, zip(rects, chunks, strict=True))
+        image, mask = _split(chunks, rects, mask_rects)
+        canvas = ChunkCanvas(3, *size, zip(rects, image, strict=True))
         encoder, geo = self.models.encoders[level], self.geometry[level]
-        results = list(round_a_tiles(canvas, tiles, encoder, geo, batch=self.models.tile_batch))
+        labels_canvas = _labels(size, mask_rects, mask)
+        results = list(round_a_tiles(canvas, tiles, encoder, geo, labels_canvas, labels, batch=self.models.tile_batch))
         info = CallInfo(self.worker, time.perf_counter() - start, stats=tuple(s for s, _ in results))
         return (info, *(f for _, f in results)) if geo.cache_features else info
 
@@ -348,10 +429,12 @@ class ModelActor:
         level: int,
         tiles: Sequence[Tile],
         size: tuple[int, int],
-        transform: ColorTransform,
+        transform: TransformSet,
         last: bool,
         rects: Sequence[Rect],
         *chunks: np.ndarray,
+        mask_rects: Sequence[Rect] = (),
+        input_rects: Sequence[Rect] = (),
     ) -> tuple[CallInfo | np.ndarray, ...]:
         """Round B of ``level`` for several tiles: their cores of the next level's image
         (call with ``num_returns=1 + len(tiles)``).
@@ -360,12 +443,15 @@ class ModelActor:
             level: 5..1.
             tiles: the tiles whose cores are computed.
             size: ``(height, width)`` of the padded canvas.
-            transform: the level's global whitening-colouring transform.
+            transform: the level's global whitening-colouring transform (one per mask label
+                with a mask).
             last: the output level: cores come back as uint8, rounded as the output writer
                 rounds (a quarter of the bytes, the same file).
             rects, chunks: where the level caches features, round A's feature cores the
                 decoder halos reach (rects at feature scale); otherwise the level's input
-                cores the full halos reach.
+                cores the full halos reach. Then the mask's label cores at ``mask_rects``
+                (covering the same regions), then the input's cores at ``input_rects`` (the
+                tiles' cores, for the output to keep their chroma).
 
         Returns:
             ``(CallInfo, core, ...)``, each core ``(3, h, w)`` float32 (uint8 when ``last``).
@@ -373,20 +459,80 @@ class ModelActor:
         start = time.perf_counter()
         geo = self.geometry[level]
         encoder = self.models.encoders[level]
+        found, mask, inputs = _split(chunks, rects, mask_rects, input_rects)
         image = ChunkCanvas(3, *size)
         features = None
         if geo.cache_features:
             scaled = (size[0] // geo.scale, size[1] // geo.scale)
-            features = ChunkCanvas(encoder.out_channels, *scaled, zip(rects, chunks, strict=True))
+            features = ChunkCanvas(encoder.out_channels, *scaled, zip(rects, found, strict=True))
         else:
-            image = ChunkCanvas(3, *size, zip(rects, chunks, strict=True))
-        # Arrays from the object store are read-only, which torch warns about when wrapping them.
-        transform = ColorTransform(np.array(transform.matrix), np.array(transform.bias))
-        cores = []
+            image = ChunkCanvas(3, *size, zip(rects, found, strict=True))
         decoder, batch = self.models.decoders[level], self.models.tile_batch
-        results = round_b_tiles(image, features, tiles, encoder, decoder, geo, transform, batch=batch)
-        for t, pixels in zip(tiles, results, strict=True):
-            if last:
-                pixels = canvas_to_uint8(MemoryCanvas(pixels), t.core.height, t.core.width).transpose(2, 0, 1)
-            cores.append(np.ascontiguousarray(pixels))
+        results = round_b_tiles(image, features, tiles, encoder, decoder, geo, _writable(transform),
+                                _labels(size, mask_rects, mask), batch=batch)
+        source = ChunkCanvas(3, *size, zip(input_rects, inputs, strict=True))
+        cores = [self._output(pixels, t.core, source, bool(input_rects)) if last else np.ascontiguousarray(pixels)
+                 for t, pixels in zip(tiles, results, strict=True)]
         return (CallInfo(self.worker, time.perf_counter() - start), *cores)
+
+    def band_split(
+        self,
+        tiles: Sequence[Tile],
+        size: tuple[int, int],
+        coarse_size: tuple[int, int],
+        split: BandSplit,
+        rects: Sequence[Rect],
+        coarse_rects: Sequence[Rect],
+        *chunks: np.ndarray,
+        input_rects: Sequence[Rect] = (),
+    ) -> tuple[CallInfo | np.ndarray, ...]:
+        """The stroke scale's band split for several tiles: their output cores, uint8 (call with
+        ``num_returns=1 + len(tiles)``; :func:`~pipeline.imaging.resample.band_split_tile`).
+
+        Args:
+            tiles: the tiles whose cores are computed.
+            size, coarse_size: ``(height, width)`` of the padded canvas and of the shrunk image's.
+            split: the band split's geometry.
+            rects, chunks: the full-resolution result's cores the tiles read
+                (:meth:`~pipeline.imaging.resample.BandSplit.regions`), then the shrunk image's
+                result's cores at ``coarse_rects``, then the input's cores at ``input_rects``
+                (for the output to keep their chroma).
+        """
+        start = time.perf_counter()
+        full, small, inputs = _split(chunks, rects, coarse_rects, input_rects)
+        canvas = ChunkCanvas(3, *size, zip(rects, full, strict=True))
+        coarse = ChunkCanvas(3, *coarse_size, zip(coarse_rects, small, strict=True))
+        source = ChunkCanvas(3, *size, zip(input_rects, inputs, strict=True))
+        cores = [self._output(band_split_tile(canvas, coarse, t.core, split), t.core, source, bool(input_rects))
+                 for t in tiles]
+        return (CallInfo(self.worker, time.perf_counter() - start), *cores)
+
+    @staticmethod
+    def _output(pixels: np.ndarray, core: Rect, source: Canvas, keep_color: bool) -> np.ndarray:
+        """An output core: the input's chroma kept when asked, as uint8 rounded as the writer rounds."""
+        if keep_color:
+            pixels = keep_chroma(pixels, source.read(core))
+        return np.ascontiguousarray(canvas_to_uint8(MemoryCanvas(pixels), core.height, core.width).transpose(2, 0, 1))
+
+
+def _split(chunks: Sequence[np.ndarray], *parts: Sequence[Rect]) -> list[Sequence[np.ndarray]]:
+    """``chunks`` cut into consecutive runs, one per rectangle list of ``parts``."""
+    found, start = [], 0
+    for rects in parts:
+        found.append(chunks[start : start + len(rects)])
+        start += len(rects)
+    if start != len(chunks):
+        raise ValueError(f"{len(chunks)} chunks for {start} rectangles")
+    return found
+
+
+def _labels(size: tuple[int, int], rects: Sequence[Rect], chunks: Sequence[np.ndarray]) -> ChunkCanvas | None:
+    """The mask's label cores as a canvas, or ``None`` without a mask."""
+    return ChunkCanvas(1, *size, zip(rects, chunks, strict=True)) if rects else None
+
+
+def _writable(transform: TransformSet) -> TransformSet:
+    """``transform`` with writable arrays (the object store's are read-only, which torch warns about)."""
+    if isinstance(transform, tuple):
+        return tuple(_writable(t) for t in transform)
+    return ColorTransform(np.array(transform.matrix), np.array(transform.bias))

@@ -9,8 +9,11 @@ What runs where:
   :func:`~pipeline.batch.actors.cut_image` task into one object per tile core, the tiled
   cascade's one level loop (:func:`pipeline.engine.tiled.run_levels`) runs it with a
   :class:`~pipeline.batch.executor.RayExecutor`, and a :func:`~pipeline.batch.actors.write_chunks`
-  task stitches and writes the output. Images that fit in one tile, and the ``whole`` and
-  ``thumbnail`` modes, go to one actor call that reads, stylizes and writes;
+  task stitches and writes the output. The controls run the same way: a mask as one label
+  core per tile, colour preservation on the output's cores, a stroke scale as a second, shrunk
+  image through the same loop and a band split (:func:`pipeline.engine.strokes.run_strokes`).
+  Images that fit in one tile, and the ``whole`` and ``thumbnail`` modes, go to one actor call
+  that reads, stylizes and writes;
 - a pool of :class:`~pipeline.batch.actors.ModelActor` (one GPU each on a GPU cluster, else
   CPUs), shared by all pairs (:class:`~pipeline.batch.executor.ModelPool`), runs every model call.
 
@@ -19,9 +22,9 @@ Before any of that, the driver lists, plans and resumes the whole bucket in boun
 never one Python object per pair) and says what it will do and why; ``--dry-run`` stops there,
 without starting Ray. The pairs to run then stream into admission. Their headers are read
 ahead by a pool of threads (:class:`~pipeline.batch.headers.HeaderReader`), never one by one.
-Images that run in one actor call (one tile, or the ``whole``/``thumbnail`` modes and the
-controls on an image of at most one tile's pixels) go to the actors ``--batch-images`` at a
-time, two calls per actor in flight, so small photos keep the actors busy without a round trip
+Images that run in one actor call (one tile, or the ``whole``/``thumbnail`` modes on an
+image of at most one tile's pixels; with any control or stroke scale) go to the actors
+``--batch-images`` at a time, two calls per actor in flight, so small photos keep the actors busy without a round trip
 per image; larger images run one per thread as above, a pair starting when the megapixels in
 flight stay within ``--max-in-flight-mp`` (by default sized from the cluster's object store at
 :data:`STORE_BYTES_PER_PIXEL`) and at most ``--max-in-flight`` at once. Failures stay with
@@ -54,7 +57,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayError, RayTaskError
 
 from models import WeightSet
-from pipeline.batch.actors import CallInfo, ImageHeader, ModelActor, cut_image, write_chunks
+from pipeline.batch.actors import CallInfo, CutImage, ImageHeader, ModelActor, cut_image, write_chunks
 from pipeline.batch.executor import (
     Call,
     JobStopping,
@@ -80,14 +83,16 @@ from pipeline.batch.preflight import BatchChecks, check_actor_device, check_batc
 from pipeline.batch.reaper import start as start_reaper
 from pipeline.batch.resume import RunPlan, plan_run
 from pipeline.batch.transient import Backoff, is_transient, quiet_storage_faults
-from pipeline.engine.controls import join_styles, mask_for, split_styles, style_levels
+from pipeline.engine.controls import join_styles, label_count, mask_for, split_styles, style_levels
 from pipeline.engine.device import resolve_device
 from pipeline.engine.runner import StyleStats
-from pipeline.engine.tiled import cascade_geometry, run_levels, tile_rounds
+from pipeline.engine.strokes import resolve_stroke_scale, run_strokes, stroke_tile_rounds
+from pipeline.engine.tiled import cascade_geometry, run_levels
 from pipeline.errors import LocationError, MissingLocationError, one_line_error
 from pipeline.imaging.chunks import intersection
 from pipeline.imaging.imageio import check_pixels, image_size
-from pipeline.imaging.tiles import Rect, canvas_size, plan_tiles
+from pipeline.imaging.resample import BandSplit
+from pipeline.imaging.tiles import Rect, Tile, canvas_size, plan_tiles
 from pipeline.options import BatchOptions, StyleOptions
 from pipeline.progress import BatchProgress
 
@@ -411,7 +416,7 @@ class _Job:
             "stylize_files", (style.ref, items),
             {"mode": style_options.mode, "tile": style_options.tile, "alpha": style_options.alpha,
              "max_pixels": style_options.max_pixels, "quality": style_options.quality,
-             "preserve_color": style_options.preserve_color},
+             "preserve_color": style_options.preserve_color, "stroke_scale": style_options.stroke_scale},
             weight=float(sum(w * h for _, (w, h) in batch)),
         )
         try:
@@ -453,33 +458,51 @@ class _Job:
         width, height = result.width, result.height
         tiles = plan_tiles(height, width, tile=style_options.tile)
         result.tiles = len(tiles)
-        # Creative controls run in one call too: the in-process exact engine on disk canvases,
-        # the same picture with memory bounded by the tile, but on one actor.
-        if style_options.mode in _ONE_CALL_MODES or len(tiles) == 1 or _has_controls(style_options):
+        if style_options.mode in _ONE_CALL_MODES or len(tiles) == 1:
             self._stylize_in_one_call(pair, style, result)
             return
+        # Every control runs tile-split like a plain pair: a mask as one label core per tile,
+        # colour preservation on the last round's cores, a stroke scale as a second, shrunk image.
         result.mode = "tiled"
-        n = len(tiles)
-        refs = cut_image.options(num_returns=1 + 2 * n, num_cpus=settings.io_cpus, max_retries=settings.retries).remote(
+        scale = resolve_stroke_scale(style_options.stroke_scale, height, width)
+        split = BandSplit(height, width, scale) if scale > 1 else None
+        coarse_tiles = plan_tiles(*split.coarse_size, tile=style_options.tile) if split else []
+        labels = label_count(next(iter(style.stats.values())))
+        layout = CutImage(len(tiles), len(coarse_tiles), masked=labels > 0)
+        mask_uri = self._mask(pair)
+        refs = cut_image.options(num_returns=layout.returns, num_cpus=settings.io_cpus,
+                                 max_retries=settings.retries).remote(
             pair.content_uri, width=width, height=height, tile=style_options.tile, max_pixels=style_options.max_pixels,
-            storage_options=style_options.storage_options,
+            storage_options=style_options.storage_options, mask_uri=mask_uri, styles=labels, stroke_scale=scale,
         )
-        header: ImageHeader = get_unless_stopping(refs[0], self.stop)
-        result.seconds["read"] = header.read_seconds
-        alphas = refs[1 + n :] if header.has_alpha else []
-        executor = RayExecutor(self.pool, refs[1 : 1 + n], tiles, canvas_size(height, width),
-                               tiles_per_call=tiles_per_call(n, style_options.tile, self.pool.alive),
-                               on_tile=self.progress.tiles)
+        parts = layout.parts(refs)
         del refs
-        self.progress.add_tiles(tile_rounds(n, len(self.geometry), exact=True))
+        header: ImageHeader = get_unless_stopping(parts["header"][0], self.stop)
+        result.seconds["read"] = header.read_seconds
+        alphas = parts["alpha"] if header.has_alpha else []
+        executors = [self._executor(parts["image"], parts["mask"], tiles, (height, width), labels=labels,
+                                    preserve_color=style_options.preserve_color)]
+        if split is not None:
+            executors.append(self._executor(parts["coarse"], parts["coarse_mask"], coarse_tiles, split.coarse_size,
+                                            labels=labels))
+        del parts
+        executor = executors[0]
+        self.progress.add_tiles(stroke_tile_rounds(height, width, tile=style_options.tile,
+                                                   levels=len(self.geometry), scale=scale, exact=True))
         start = time.perf_counter()
         try:
-            result.seconds["reduce"] = run_levels(executor, tiles, self.geometry, style.stats,
-                                                  alpha=style_options.alpha)
+            if split is None:
+                result.seconds["reduce"] = run_levels(executor, tiles, self.geometry, style.stats,
+                                                      alpha=style_options.alpha)
+            else:
+                seconds = run_strokes(executor, executors[1], tiles, coarse_tiles, self.geometry, style.stats,
+                                      split=split, alpha=style_options.alpha)
+                result.seconds["reduce"] = seconds["reduce"]
         finally:
             result.seconds["stylize"] = time.perf_counter() - start
-            result.seconds["compute"] = executor.compute_seconds
-            result.workers |= executor.workers
+            result.seconds["compute"] = sum(e.compute_seconds for e in executors)
+            for e in executors:
+                result.workers |= e.workers
         bounds = Rect(0, 0, height, width)
         cores = [t.core for t in tiles]
         alpha_rects = [intersection(core, bounds) for core in cores] if alphas else []
@@ -487,8 +510,25 @@ class _Job:
             pair.output_uri, height, width, cores, alpha_rects, header.icc_profile, *executor.image, *alphas,
             quality=style_options.quality, storage_options=style_options.storage_options,
         )
-        executor.image = []
+        for e in executors:
+            e.image = []
         result.seconds["write"] = get_unless_stopping(written, self.stop)
+
+    def _executor(
+        self,
+        image: list[ray.ObjectRef],
+        mask: list[ray.ObjectRef],
+        tiles: list[Tile],
+        size: tuple[int, int],
+        *,
+        labels: int,
+        preserve_color: bool = False,
+    ) -> RayExecutor:
+        """A :class:`RayExecutor` of one image's cores (and its mask's, with ``labels``)."""
+        return RayExecutor(self.pool, image, tiles, canvas_size(*size),
+                           tiles_per_call=tiles_per_call(len(tiles), self.style_options.tile, self.pool.alive),
+                           on_tile=self.progress.tiles, mask=mask if labels else None, labels=labels,
+                           preserve_color=preserve_color)
 
     def _stylize_in_one_call(self, pair: Pair, style: _Style, result: _PairResult) -> None:
         """One actor call reads, stylizes and writes (small images, ``whole``/``thumbnail`` modes)."""
@@ -499,7 +539,8 @@ class _Job:
             (pair.content_uri, style.ref, pair.output_uri),
             {"mode": style_options.mode, "tile": style_options.tile, "alpha": style_options.alpha,
              "max_pixels": style_options.max_pixels, "quality": style_options.quality,
-             "preserve_color": style_options.preserve_color, "mask_uri": self._mask(pair)},
+             "preserve_color": style_options.preserve_color, "mask_uri": self._mask(pair),
+             "stroke_scale": style_options.stroke_scale},
             weight=float(result.width * result.height),
         )
         [done] = self.pool.run([call])
@@ -519,7 +560,7 @@ class _Job:
         which may share the call with others."""
         style_options = self.style_options
         width, height = size
-        if style_options.mode in _ONE_CALL_MODES or _has_controls(style_options):
+        if style_options.mode in _ONE_CALL_MODES:
             return width * height <= style_options.tile * style_options.tile
         return len(plan_tiles(height, width, tile=style_options.tile)) == 1
 
@@ -661,10 +702,6 @@ class _Admission:
         for key in list(self.batches):
             yield from (pair for pair, _ in self.batches.pop(key))
         yield from headers.drain()
-
-
-def _has_controls(options: StyleOptions) -> bool:
-    return options.style_weights is not None or options.mask is not None or options.preserve_color
 
 
 def _style_keys(options: BatchOptions) -> list[str]:

@@ -32,8 +32,9 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from pipeline.batch.actors import CallInfo, WorkerInfo
 from pipeline.engine.stats import TileStats, TileStatsFold
 from pipeline.engine.tiled import LevelGeometry, TileCallback
-from pipeline.engine.wct import ColorTransform
+from pipeline.engine.wct import TransformSet
 from pipeline.imaging.chunks import overlapping
+from pipeline.imaging.resample import BandSplit
 from pipeline.imaging.tiles import Rect, Tile
 
 __all__ = [
@@ -228,6 +229,12 @@ class RayExecutor:
         size: ``(height, width)`` of the padded canvas.
         tiles_per_call: consecutive tiles (row-major, so they share neighbours) per call.
         on_tile: called with the number of tile rounds each finished call ran (progress).
+        mask: one ref per tile core of the mask's labels (``(1, h, w)`` float32,
+            :func:`~pipeline.engine.controls.read_mask`), with ``labels`` colourings per level;
+            each round is handed the label cores its tiles read.
+        labels: mask labels (styles); 0 without a mask.
+        preserve_color: the output keeps the input's chroma; the input's cores are kept
+            for it until the output is made.
 
     Attributes:
         image: refs of the current level's cores (after the last level: the output, uint8).
@@ -244,9 +251,13 @@ class RayExecutor:
         *,
         tiles_per_call: int = 1,
         on_tile: TileCallback | None = None,
+        mask: Sequence[ray.ObjectRef] | None = None,
+        labels: int = 0,
+        preserve_color: bool = False,
     ) -> None:
-        if len(image) != len(tiles):
-            raise ValueError(f"image must have one core per tile ({len(tiles)}), got {len(image)}")
+        for name, refs in (("image", image), ("mask", mask or tiles)):
+            if len(refs) != len(tiles):
+                raise ValueError(f"{name} must have one core per tile ({len(tiles)}), got {len(refs)}")
         self.pool, self.image = pool, list(image)
         self._tiles = list(tiles)
         self._cores = [t.core for t in tiles]
@@ -254,14 +265,20 @@ class RayExecutor:
         self._groups = [range(i, min(i + tiles_per_call, len(tiles))) for i in range(0, len(tiles), tiles_per_call)]
         self._on_tile = on_tile
         self._features: list[ray.ObjectRef] = []
+        self._mask, self._labels = (list(mask) if mask is not None else None), labels
+        self._input = list(image) if preserve_color else []
         self.workers: set[str] = set()
         self.compute_seconds = 0.0
 
     def _near(self, group: range, halo: int) -> list[int]:
         """Cores that the halos of the group's tiles reach."""
+        return self._covering([self._cores[i].grow(halo, self._bounds) for i in group])
+
+    def _covering(self, regions: Sequence[Rect]) -> list[int]:
+        """Cores that share a pixel with any of ``regions``."""
         found: set[int] = set()
-        for i in group:
-            found.update(overlapping(self._cores, self._cores[i].grow(halo, self._bounds)))
+        for region in regions:
+            found.update(overlapping(self._cores, region))
         return sorted(found)
 
     def _run(self, calls: list[Call], fold: TileStatsFold | None = None) -> list[Done]:
@@ -288,15 +305,29 @@ class RayExecutor:
     def _weight(self, group: range) -> float:
         return float(sum(self._cores[i].area for i in group))
 
+    def _controls(self, mask_cores: Sequence[int], group: range, *, last: bool) -> tuple[list[Any], dict[str, Any]]:
+        """The mask cores ``mask_cores`` and, for the output, the group's input cores (colour
+        kept): the chunks that follow a call's image chunks, and the keyword arguments naming them."""
+        chunks: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        if self._mask is not None and mask_cores:
+            chunks += [self._mask[j] for j in mask_cores]
+            kwargs["mask_rects"] = [self._cores[j] for j in mask_cores]
+        if last and self._input:
+            chunks += [self._input[i] for i in group]
+            kwargs["input_rects"] = [self._cores[i] for i in group]
+        return chunks, kwargs
+
     def round_a(self, geo: LevelGeometry, tiles: Sequence[Tile]) -> TileStats:
         self._check(tiles)
         calls = []
         for group in self._groups:
             near = self._near(group, geo.encoder_halo)
+            controls, kwargs = self._controls(list(group), group, last=False)  # round A reads the cores' labels
             head = (geo.level, [self._tiles[i] for i in group], self._size, [self._cores[j] for j in near])
             extra = len(group) if geo.cache_features else 0
-            calls.append(Call("round_a", (*head, *(self.image[j] for j in near)), num_returns=1 + extra,
-                              weight=self._weight(group)))
+            calls.append(Call("round_a", (*head, *(self.image[j] for j in near), *controls),
+                              {**kwargs, "labels": self._labels}, num_returns=1 + extra, weight=self._weight(group)))
         fold = TileStatsFold(len(self._tiles))
         done = self._run(calls, fold)
         if geo.cache_features:
@@ -304,7 +335,7 @@ class RayExecutor:
             self.image = []  # round B decodes the features; the image is not read again
         return fold.result()
 
-    def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: ColorTransform, *, last: bool) -> None:
+    def round_b(self, geo: LevelGeometry, tiles: Sequence[Tile], transform: TransformSet, *, last: bool) -> None:
         self._check(tiles)
         transform_ref = ray.put(transform)
         halo = geo.decoder_halo if geo.cache_features else geo.halo
@@ -317,8 +348,32 @@ class RayExecutor:
             else:
                 rects = [self._cores[j] for j in near]
                 chunks = [self.image[j] for j in near]
+            controls, kwargs = self._controls(near, group, last=last)  # the labels of the regions decoded
             head = (geo.level, [self._tiles[i] for i in group], self._size, transform_ref, last, rects)
-            calls.append(Call("round_b", (*head, *chunks), num_returns=1 + len(group), weight=self._weight(group)))
+            calls.append(Call("round_b", (*head, *chunks, *controls), kwargs, num_returns=1 + len(group),
+                              weight=self._weight(group)))
         done = self._run(calls)
         self.image = [ref for d in done for ref in d.rest]
         self._features = []
+        if last:
+            self._input = []
+
+    def band_split(self, coarse: RayExecutor, tiles: Sequence[Tile], split: BandSplit) -> None:
+        """The stroke scale's last stage on the actors (:func:`~pipeline.imaging.resample.band_split_tile`):
+        this executor's full-resolution result with the low frequencies of ``coarse``'s (the
+        image shrunk by ``split.factor``), as the output's 8-bit cores."""
+        self._check(tiles)
+        calls = []
+        for group in self._groups:
+            regions = [split.regions(self._cores[i]) for i in group]
+            near = self._covering([full for _, full in regions])
+            small = coarse._covering([small for small, _ in regions])
+            controls, kwargs = self._controls([], group, last=True)
+            head = ([self._tiles[i] for i in group], self._size, coarse._size, split,
+                    [self._cores[j] for j in near], [coarse._cores[j] for j in small])
+            chunks = [*(self.image[j] for j in near), *(coarse.image[j] for j in small), *controls]
+            calls.append(Call("band_split", (*head, *chunks), kwargs, num_returns=1 + len(group),
+                              weight=self._weight(group)))
+        done = self._run(calls)
+        self.image = [ref for d in done for ref in d.rest]
+        self._input = []

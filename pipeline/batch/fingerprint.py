@@ -88,6 +88,7 @@ def pair_settings(
     code: str,
     precision: str,
     controls: Mapping[str, Any] | None = None,
+    stroke_scale: int | str = 1,
 ) -> dict[str, Any]:
     """The settings one output depends on, as a JSON-ready dict (the manifest's ``settings``).
 
@@ -101,6 +102,8 @@ def pair_settings(
         precision: ``--precision`` (:mod:`pipeline.engine.precision`): the reduced modes change pixels.
         controls: the creative controls (:func:`pipeline.engine.controls.control_settings`); absent
             without any, so outputs made without controls keep their fingerprint.
+        stroke_scale: ``--stroke-scale`` as given (an integer or ``"auto"``; what ``auto`` picks
+            for a size is the code's, which ``code`` pins).
     """
     fmt = output_format(output_uri)
     settings = {
@@ -114,6 +117,7 @@ def pair_settings(
         "style": style,
         "code": code,
         "precision": precision,
+        "stroke_scale": stroke_scale,
     }
     if controls:
         settings["controls"] = dict(sorted(controls.items()))

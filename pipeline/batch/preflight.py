@@ -238,7 +238,7 @@ class BatchChecks:
                 model_id=self.model_id, weights=self.weights, alpha=style_options.alpha,
                 style_size=style_options.style_size, mode=style_options.mode, quality=style_options.quality,
                 style=join_styles([style.digest for style in styles]), output_uri="x" + ext, code=self.code,
-                precision=style_options.precision, controls=controls,
+                precision=style_options.precision, controls=controls, stroke_scale=style_options.stroke_scale,
             )))
             failed = next((style.error for style in styles if style.error), "")
             refusals.append(f"style image failed: {failed}" if failed else None)

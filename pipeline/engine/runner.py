@@ -21,7 +21,15 @@ from pipeline.engine.cascade import LevelCallback, style_statistics, stylize_who
 from pipeline.engine.controls import StyleLevel, label_count, read_mask
 from pipeline.engine.models import ModelSet
 from pipeline.engine.stats import FeatureStats
-from pipeline.engine.tiled import TileCallback, canvas_from_array, read_rgb, stylize_exact, stylize_thumbnail
+from pipeline.engine.strokes import resolve_stroke_scale, stylize_strokes, stylize_whole_strokes
+from pipeline.engine.tiled import (
+    THUMBNAIL_SIZE,
+    TileCallback,
+    canvas_from_array,
+    read_rgb,
+    stylize_exact,
+    stylize_thumbnail,
+)
 from pipeline.imaging.canvas import Canvas, MemoryCanvas
 from pipeline.imaging.imageio import (
     DEFAULT_MAX_PIXELS,
@@ -34,7 +42,15 @@ from pipeline.imaging.imageio import (
 )
 from pipeline.imaging.output import write_canvas
 from pipeline.imaging.tiles import Rect, canvas_size, plan_tiles
-from pipeline.options import DEFAULT_QUALITY, DEFAULT_TILE, MODES, Mode, check_mode
+from pipeline.options import (
+    DEFAULT_QUALITY,
+    DEFAULT_STROKE_SCALE,
+    DEFAULT_TILE,
+    MODES,
+    Mode,
+    StrokeScale,
+    check_mode,
+)
 
 __all__ = [
     "MODES",
@@ -55,13 +71,14 @@ StyleLevels = dict[int, StyleLevel]
 
 @dataclass
 class RunReport:
-    """What one content image went through: size, mode, tiles and seconds per stage."""
+    """What one content image went through: size, mode, tiles, stroke scale and seconds per stage."""
 
     width: int
     height: int
     mode: str
     tiles: int
     seconds: dict[str, float] = field(default_factory=dict)
+    stroke_scale: int = 1
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -118,6 +135,7 @@ def stylize_image(
     mode: Mode = "auto",
     tile: int = DEFAULT_TILE,
     alpha: float = 1.0,
+    stroke_scale: StrokeScale = DEFAULT_STROKE_SCALE,
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
     on_tile: TileCallback | None = None,
@@ -130,27 +148,44 @@ def stylize_image(
     ``style_stats`` may be one style's statistics or :func:`pipeline.engine.controls.style_levels`'
     blend or per-label colourings; ``mask`` (with the latter) holds the labels on a canvas of
     the image's padded size (:func:`pipeline.engine.controls.read_mask`); ``preserve_color`` keeps
-    the content's chroma. Every mode takes every control.
+    the content's chroma; ``stroke_scale`` (an integer or ``"auto"``) makes the strokes that
+    many times larger (:mod:`pipeline.engine.strokes`; 1 is the plain cascade). Every mode
+    takes every control.
 
     Returns:
         ``(canvas, report)``: the result on a canvas (crop to ``image.height`` x
         ``image.width``) and what was done.
+
+    Raises:
+        ValueError: ``mode`` or ``stroke_scale`` is not valid for the image.
     """
     h, w = image.height, image.width
     chosen = choose_mode(mode, h, w, tile)
+    scale = resolve_stroke_scale(stroke_scale, h, w)
     start = time.perf_counter()
+    seconds: dict[str, float] = {}
     if chosen == "whole":
         rgb = image.rgb if isinstance(image, LoadedImage) else read_rgb(image.canvas, h, w)
         labels = None if mask is None else torch.from_numpy(mask.read(Rect(0, 0, mask.height, mask.width))[0])
-        out = stylize_whole(to_tensor(rgb), style_stats, models, alpha=alpha, on_level=on_level, mask=labels,
-                            preserve_color=preserve_color)
+        if scale == 1:
+            out = stylize_whole(to_tensor(rgb), style_stats, models, alpha=alpha, on_level=on_level, mask=labels,
+                                preserve_color=preserve_color)
+        else:
+            out = stylize_whole_strokes(to_tensor(rgb), style_stats, models, scale=scale, alpha=alpha,
+                                        on_level=on_level, mask=labels, preserve_color=preserve_color)
         canvas: Canvas = MemoryCanvas(out[0].numpy())
         tiles = 1
     else:
         owned = isinstance(image, LoadedImage)
         source = canvas_from_array(image.rgb, workdir=workdir) if owned else image.canvas
         try:
-            if chosen == "exact":
+            if scale > 1:
+                canvas, seconds = stylize_strokes(
+                    source, h, w, style_stats, models, scale=scale, tile=tile, alpha=alpha, workdir=workdir,
+                    thumbnail_size=THUMBNAIL_SIZE if chosen == "thumbnail" else None, on_level=on_level,
+                    on_tile=on_tile, mask=mask, preserve_color=preserve_color,
+                )
+            elif chosen == "exact":
                 canvas = stylize_exact(
                     source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
                     on_tile=on_tile, mask=mask, preserve_color=preserve_color,
@@ -164,7 +199,7 @@ def stylize_image(
             if owned:
                 source.close()
         tiles = len(plan_tiles(h, w, tile=tile))
-    report = RunReport(w, h, chosen, tiles, {"stylize": time.perf_counter() - start})
+    report = RunReport(w, h, chosen, tiles, {"stylize": time.perf_counter() - start, **seconds}, scale)
     return canvas, report
 
 
@@ -184,6 +219,7 @@ def stylize_file(
     mode: Mode = "auto",
     tile: int = DEFAULT_TILE,
     alpha: float = 1.0,
+    stroke_scale: StrokeScale = DEFAULT_STROKE_SCALE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     quality: int = DEFAULT_QUALITY,
     storage_options: dict[str, Any] | None = None,
@@ -203,7 +239,9 @@ def stylize_file(
     if (mask_uri is None) != (labels == 0):
         raise ValueError("a mask needs one colouring per style (style_levels(..., masked=True)) and vice versa")
     start = time.perf_counter()
-    check_output(output_uri, *image_size(content_uri, storage_options))
+    width, height = image_size(content_uri, storage_options)
+    check_output(output_uri, width, height)
+    resolve_stroke_scale(stroke_scale, height, width)
     workdir = tempfile.gettempdir()  # the canvases are unlinked files: nothing stays there (see DiskCanvas)
     image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
     mask = None
@@ -213,8 +251,8 @@ def stylize_file(
                              storage_options=storage_options, max_pixels=max_pixels)
         read_s = time.perf_counter() - start
         canvas, report = stylize_image(
-            image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
-            on_tile=on_tile, mask=mask, preserve_color=preserve_color,
+            image, style_stats, models, mode=mode, tile=tile, alpha=alpha, stroke_scale=stroke_scale,
+            workdir=workdir, on_level=on_level, on_tile=on_tile, mask=mask, preserve_color=preserve_color,
         )
         start = time.perf_counter()
         try:

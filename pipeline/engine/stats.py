@@ -53,6 +53,14 @@ class FeatureStats:
             raise ValueError(f"covariance needs at least 2 vectors, got {self.count}")
         return self.scatter / (self.count - 1)
 
+    @property
+    def gram(self) -> np.ndarray:
+        """Uncentred second moment ``F F^T / count`` of the ``(C, count)`` vectors (the Gram
+        matrix of style losses), ``(C, C)`` float64."""
+        if self.count < 1:
+            raise ValueError("a Gram matrix needs at least 1 vector")
+        return self.scatter / self.count + np.outer(self.mean, self.mean)
+
     def merge(self, other: FeatureStats) -> FeatureStats:
         """Chan et al.'s pairwise combination; exact in exact arithmetic, stable in float64."""
         if self.count == 0:

@@ -47,10 +47,12 @@ from pipeline.engine.wct import TransformSet
 from pipeline.imaging.canvas import Canvas, open_canvas, reflect_pad_canvas
 from pipeline.imaging.chunks import unit_float
 from pipeline.imaging.heap import release_free_heap
+from pipeline.imaging.resample import BandSplit, band_split_tile, box_bands, label_bands
 from pipeline.imaging.tiles import Rect, Tile, canvas_size, plan_tiles
 
 __all__ = [
     "FEATURE_CACHE_MAX",
+    "THUMBNAIL_SIZE",
     "CanvasExecutor",
     "ContentStats",
     "LevelGeometry",
@@ -62,14 +64,17 @@ __all__ = [
     "encode_core",
     "level_geometry",
     "map_batched",
+    "model_geometry",
     "read_rgb",
     "round_a_tiles",
     "round_b_tiles",
+    "run_in_process",
     "run_levels",
     "stylize_exact",
     "stylize_thumbnail",
     "thumbnail",
     "thumbnail_mask",
+    "thumbnail_stats",
     "tile_round_a",
     "tile_round_b",
     "tile_rounds",
@@ -79,6 +84,8 @@ __all__ = [
 # image pixel (levels 3..5 of the 16x models: 4, 2 and 0.5); below that, re-encoding is cheaper
 # than storing (level 1: 24 values per pixel for an encoder of one conv).
 FEATURE_CACHE_MAX = 4.0
+# Longer side of the copy thumbnail mode takes each level's statistics from.
+THUMBNAIL_SIZE = 1024
 
 # Progress: called with the number of tile rounds just finished.
 TileCallback = Callable[[int], None]
@@ -351,6 +358,7 @@ def run_levels(
     alpha: float = 1.0,
     content_stats: ContentStats | None = None,
     on_level: LevelCallback | None = None,
+    output: bool = True,
 ) -> float:
     """The tiled cascade's level loop, wherever the tiles run.
 
@@ -367,6 +375,8 @@ def run_levels(
         content_stats: ``level -> statistics`` standing in for round A (thumbnail mode:
             one pass per tile, round B re-encodes); ``None`` runs the exact round A.
         on_level: called as ``on_level(level, seconds)`` after each level.
+        output: the last level's round B makes the output (``last=True``: colour kept, 8-bit
+            cores on Ray); ``False`` when another stage follows (the stroke scale's band split).
 
     Returns:
         Seconds spent merging statistics and building transforms (the reduction between rounds).
@@ -382,7 +392,7 @@ def run_levels(
             stats, geo = content_stats(geo.level), dataclasses.replace(geo, cache_features=False)
         transform = level_transform(stats, style_stats[geo.level], alpha=alpha)
         reduce_seconds += time.perf_counter() - middle
-        executor.round_b(geo, tiles, transform, last=i == len(geometry) - 1)
+        executor.round_b(geo, tiles, transform, last=output and i == len(geometry) - 1)
         if on_level is not None:
             on_level(geo.level, time.perf_counter() - start)
     return reduce_seconds
@@ -455,9 +465,27 @@ class CanvasExecutor:
         if self._features is not None:
             self._features.close()
             self._features = None
-        if image is not self._input:
-            image.close()
-        self.image = out
+        self._replace(out)
+
+    def band_split(self, coarse: CanvasExecutor, tiles: Sequence[Tile], split: BandSplit) -> None:
+        """The stroke scale's last stage: this executor's full-resolution result with the low
+        frequencies of ``coarse``'s (the image shrunk by ``split.factor``), tile by tile
+        (:func:`~pipeline.imaging.resample.band_split_tile`); the colour is kept here when asked."""
+        out = open_canvas(3, self.image.height, self.image.width, workdir=self._workdir, name="strokes")
+        for t in tiles:
+            release_free_heap()
+            pixels = band_split_tile(self.image, coarse.image, t.core, split)
+            if self._preserve_color:
+                pixels = keep_chroma(pixels, self._input.read(t.core))
+            out.write(t.core, pixels)
+            self._tick()
+        self._replace(out)
+
+    def _replace(self, image: Canvas) -> None:
+        """Make ``image`` the current one, closing the previous unless it is the input."""
+        if self.image is not self._input:
+            self.image.close()
+        self.image = image
 
     def close(self) -> None:
         """Release the canvases this executor made (the current level's image and cached
@@ -512,10 +540,10 @@ def stylize_exact(
     labels = label_count(next(iter(style_stats.values())))
     executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile, mask=mask, labels=labels,
                               preserve_color=preserve_color)
-    return _run_in_process(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, on_level=on_level)
+    return run_in_process(executor, tiles, model_geometry(models), style_stats, alpha=alpha, on_level=on_level)
 
 
-def _run_in_process(executor: CanvasExecutor, *args: Any, **kwargs: Any) -> Canvas:
+def run_in_process(executor: CanvasExecutor, *args: Any, **kwargs: Any) -> Canvas:
     """:func:`run_levels` on ``executor``, returning its output canvas; a failure or a stop
     releases its canvases before going on up."""
     try:
@@ -526,39 +554,31 @@ def _run_in_process(executor: CanvasExecutor, *args: Any, **kwargs: Any) -> Canv
     return executor.image
 
 
-def _model_geometry(models: ModelSet) -> list[LevelGeometry]:
+def model_geometry(models: ModelSet) -> list[LevelGeometry]:
+    """:func:`cascade_geometry` of the loaded ``models``."""
     return cascade_geometry({k: models.encoders[k].out_channels for k in models.levels})
 
 
-def thumbnail(canvas: Canvas, height: int, width: int, *, size: int = 1024, band_blocks: int = 64) -> torch.Tensor:
+def thumbnail(canvas: Canvas, height: int, width: int, *, size: int = THUMBNAIL_SIZE) -> torch.Tensor:
     """Box-filtered copy of the image part of ``canvas`` with its longer side at most ``size``.
 
-    Rows are averaged a band of blocks at a time, so the full-resolution image is never read
-    whole. Returns ``(1, 3, h, w)`` float32.
+    Rows are averaged a band at a time (:func:`~pipeline.imaging.resample.box_bands`), so the
+    full-resolution image is never read whole. Returns ``(1, 3, h, w)`` float32.
     """
     factor = _thumbnail_factor(height, width, size)
-    th, tw = height // factor, width // factor
-    rows = []
-    for by in range(0, th, band_blocks):
-        n = min(band_blocks, th - by)
-        block = canvas.read(Rect(by * factor, 0, (by + n) * factor, tw * factor))
-        rows.append(block.reshape(3, n, factor, tw, factor).mean(axis=(2, 4)))
-    return torch.from_numpy(np.concatenate(rows, axis=1))[None]
+    return torch.from_numpy(np.concatenate(list(box_bands(canvas, height, width, factor)), axis=1))[None]
 
 
 def _thumbnail_factor(height: int, width: int, size: int) -> int:
     return max(1, -(-max(height, width) // size))
 
 
-def thumbnail_mask(mask: Canvas, height: int, width: int, *, size: int = 1024, band_blocks: int = 64) -> torch.Tensor:
+def thumbnail_mask(mask: Canvas, height: int, width: int, *, size: int = THUMBNAIL_SIZE) -> torch.Tensor:
     """The labels of :func:`thumbnail`'s pixels (each block's top-left label), reflect-padded
     like the thumbnail to a multiple of 16. Returns ``(h', w')`` int64."""
     factor = _thumbnail_factor(height, width, size)
-    th, tw = height // factor, width // factor
-    rows = [mask.read(Rect(by * factor, 0, min(by + band_blocks, th) * factor, tw * factor))[0, ::factor, ::factor]
-            for by in range(0, th, band_blocks)]
-    labels = torch.from_numpy(np.concatenate(rows, axis=0))[None, None]
-    return pad_to_multiple(labels)[0, 0].to(torch.int64)
+    rows = np.concatenate(list(label_bands(mask, height, width, factor)), axis=1)
+    return pad_to_multiple(torch.from_numpy(rows)[None])[0, 0].to(torch.int64)
 
 
 class _ThumbnailStats:
@@ -598,7 +618,7 @@ def stylize_thumbnail(
     *,
     tile: int = 1024,
     alpha: float = 1.0,
-    thumbnail_size: int = 1024,
+    thumbnail_size: int = THUMBNAIL_SIZE,
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
     on_tile: TileCallback | None = None,
@@ -616,11 +636,28 @@ def stylize_thumbnail(
     thumbnail by the same top-left rule.
     """
     tiles = plan_tiles(canvas.height, canvas.width, tile=tile)
-    small = pad_to_multiple(thumbnail(canvas, height, width, size=thumbnail_size)).to(models.device)
-    small_mask = None if mask is None else thumbnail_mask(mask, height, width, size=thumbnail_size)
     labels = label_count(next(iter(style_stats.values())))
     executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile, mask=mask, labels=labels,
                               preserve_color=preserve_color)
-    stats = _ThumbnailStats(small, models, style_stats, alpha, small_mask)
-    return _run_in_process(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, content_stats=stats,
-                           on_level=on_level)
+    stats = thumbnail_stats(canvas, height, width, style_stats, models, alpha=alpha, mask=mask, size=thumbnail_size)
+    return run_in_process(executor, tiles, model_geometry(models), style_stats, alpha=alpha, content_stats=stats,
+                          on_level=on_level)
+
+
+def thumbnail_stats(
+    canvas: Canvas,
+    height: int,
+    width: int,
+    style_stats: Mapping[int, StyleLevel],
+    models: ModelSet,
+    *,
+    alpha: float,
+    mask: Canvas | None = None,
+    size: int = THUMBNAIL_SIZE,
+) -> ContentStats:
+    """Thumbnail mode's stand-in for round A: each level's content statistics from a copy of the
+    image shrunk to at most ``size`` px (and its mask's labels), run through the whole-image
+    cascade alongside (call it for levels 5..1 in order)."""
+    small = pad_to_multiple(thumbnail(canvas, height, width, size=size)).to(models.device)
+    small_mask = None if mask is None else thumbnail_mask(mask, height, width, size=size)
+    return _ThumbnailStats(small, models, style_stats, alpha, small_mask)

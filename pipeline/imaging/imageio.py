@@ -20,7 +20,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -51,7 +51,9 @@ __all__ = [
     "local_output",
     "output_format",
     "read_canvas",
+    "read_crops",
     "read_image",
+    "read_view",
     "save_vips",
     "write_bytes",
 ]
@@ -413,10 +415,109 @@ def read_image(
             samples = np.concatenate([strip for _, strip in _strips(joined, decoded.dtype, height)])
         except pyvips.Error as e:
             raise ImageError(f"{uri} is corrupt or truncated: {one_line_error(e)}") from e
-    scale = np.float32(255 if decoded.dtype == np.uint8 else 65535 if decoded.dtype == np.uint16 else 1)
-    values = samples.astype(np.float32) / scale
+    values = _unit(samples, decoded.dtype)
     alpha = None if decoded.alpha is None else np.ascontiguousarray(values[..., 3])
     return LoadedImage(np.ascontiguousarray(values[..., :3]), alpha, decoded.icc_profile, decoded.format)
+
+
+def _unit(samples: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Decoded samples as float32 in [0, 1] (8 and 16 bits scaled, float as it is)."""
+    scale = np.float32(255 if dtype == np.uint8 else 65535 if dtype == np.uint16 else 1)
+    return samples.astype(np.float32) / scale
+
+
+def read_view(
+    uri: str,
+    size: int,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    shape: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """The image as seen on a screen: its longer side shrunk to ``size`` px (never enlarged).
+
+    libvips streams the decode into its resize (a box shrink to within twice the size, then
+    Lanczos-3), so a gigapixel input is never decoded whole. Alpha is dropped.
+
+    Args:
+        uri: local path or fsspec URI.
+        size: longer side of the result in px.
+        storage_options: passed to the filesystem.
+        shape: ``(height, width)`` to resize to instead (to lay one picture over another's view).
+        max_pixels: refuse larger images before decoding them.
+
+    Returns:
+        ``(h, w, 3)`` float32 in [0, 1].
+
+    Raises:
+        ImageError: missing, unreadable, corrupt, or over ``max_pixels``.
+    """
+    with _open_vips(uri, storage_options, "sequential") as header:
+        rotated = _orientation(header) != 1
+    with _open_vips(uri, storage_options, "random" if rotated else "sequential") as image:
+        width, height = _header_size(image)
+        check_pixels(uri, width, height, max_pixels)
+        decoded = _convert(uri, image)
+        if shape is None:
+            scale = min(1.0, size / max(width, height))
+            shape = (round(height * scale), round(width * scale))
+        colour = decoded.colour
+        if shape != (height, width):
+            colour = colour.resize(shape[1] / width, vscale=shape[0] / height, kernel="lanczos3")
+        try:
+            samples = next(strip for _, strip in _strips(colour, decoded.dtype, colour.height))
+        except pyvips.Error as e:
+            raise ImageError(f"{uri} is corrupt or truncated: {one_line_error(e)}") from e
+    return _unit(samples, decoded.dtype)
+
+
+def read_crops(
+    uri: str,
+    rects: Sequence[Rect],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> list[np.ndarray]:
+    """Rectangles of the image at full resolution, from one pass of the decoder a strip at a time.
+
+    Only the rectangles are kept, so a gigapixel input costs their pixels, not its own.
+
+    Args:
+        uri: local path or fsspec URI.
+        rects: rectangles inside the image (after EXIF orientation).
+        storage_options: passed to the filesystem.
+        max_pixels: refuse larger images before decoding them.
+
+    Returns:
+        One ``(h, w, 3)`` float32 array in [0, 1] per rectangle.
+
+    Raises:
+        ImageError: missing, unreadable, corrupt, over ``max_pixels``, or a rectangle leaves the image.
+    """
+    with _open_vips(uri, storage_options, "sequential") as header:
+        rotated = _orientation(header) != 1
+    with _open_vips(uri, storage_options, "random" if rotated else "sequential") as image:
+        width, height = _header_size(image)
+        check_pixels(uri, width, height, max_pixels)
+        for rect in rects:
+            if rect.y0 < 0 or rect.x0 < 0 or rect.y1 > height or rect.x1 > width:
+                raise ImageError(f"{uri} is {width}x{height}: {rect} leaves it")
+        decoded = _convert(uri, image)
+        crops = [np.empty((r.height, r.width, 3), np.float32) for r in rects]
+        last = max((r.y1 for r in rects), default=0)
+        try:
+            for y, strip in _strips(decoded.colour, decoded.dtype, STRIP_ROWS):
+                if y >= last:
+                    break
+                rows = Rect(y, 0, y + strip.shape[0], width)
+                for rect, crop in zip(rects, crops, strict=True):
+                    common = Rect(max(rect.y0, rows.y0), rect.x0, min(rect.y1, rows.y1), rect.x1)
+                    if common.height > 0:
+                        src, dst = common.relative_to(rows), common.relative_to(rect)
+                        crop[dst.slices()] = _unit(strip[src.slices()], decoded.dtype)
+        except pyvips.Error as e:
+            raise ImageError(f"{uri} is corrupt or truncated: {one_line_error(e)}") from e
+    return crops
 
 
 def output_format(uri: str) -> str:

@@ -115,7 +115,8 @@ def test_too_many_pixels_is_refused(weights_dir, content_dir, style_dir, tmp_pat
 def test_help_lists_the_flags():
     proc = subprocess.run([sys.executable, "-m", "jobs.stylize", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
-    for flag in ("--style", "--weights", "--alpha", "--style-size", "--mode", "--tile", "--max-pixels"):
+    for flag in ("--style", "--weights", "--alpha", "--style-size", "--mode", "--tile", "--max-pixels",
+                 "--stroke-scale"):
         assert flag in proc.stdout
 
 
@@ -133,6 +134,9 @@ def test_help_lists_the_flags():
         (["--tile-batch", "0"], "--tile-batch must be at least 1, got 0"),
         (["--max-pixels", "0"], "--max-pixels must be at least 1, got 0"),
         (["--quality", "0"], "--quality must be in [1, 100], got 0"),
+        (["--stroke-scale", "0"], "--stroke-scale must be a positive integer or 'auto', got '0'"),
+        (["--stroke-scale", "big"], "--stroke-scale must be a positive integer or 'auto', got 'big'"),
+        (["--stroke-scale", "14"], "--stroke-scale 14 shrinks the 420x420 image to 30x30"),
         (["--style-weights", "x"], "--style-weights must be comma-separated numbers, got 'x'"),
         (["--mask", ""], "--mask must be a URI or path, got ''"),
         (["--storage-options", "[1]"], "--storage-options must be a mapping of fsspec options, got list"),

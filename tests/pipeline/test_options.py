@@ -56,6 +56,11 @@ def _batch(**changed) -> BatchOptions:
         ("style_weights", (1, math.nan), "style_weights must be non-negative with a positive sum, got 1,nan"),
         ("mask", "", "mask must be a URI or path, got ''"),
         ("preserve_color", 1, "preserve_color must be True or False, got 1"),
+        ("stroke_scale", 0, "stroke_scale must be a positive integer or 'auto', got 0"),
+        ("stroke_scale", 1.5, "stroke_scale must be a positive integer or 'auto', got 1.5"),
+        ("stroke_scale", "-2", "stroke_scale must be a positive integer or 'auto', got '-2'"),
+        ("stroke_scale", "Auto", "stroke_scale must be a positive integer or 'auto', got 'Auto'"),
+        ("stroke_scale", True, "stroke_scale must be a positive integer or 'auto', got True"),
         ("storage_options", "anon=true", "storage_options must be a mapping of fsspec options, got str"),
     ],
 )
@@ -118,6 +123,7 @@ def test_values_are_normalised_and_the_objects_frozen_and_hashable(tmp_path):
     options = StyleOptions(weights=tmp_path, alpha=1, style_weights=[2, 1], storage_options=secrets)
     assert options.weights == str(tmp_path) and StyleOptions(mask=tmp_path / "m.png").mask == str(tmp_path / "m.png")
     assert options.alpha == 1.0 and isinstance(options.alpha, float)
+    assert StyleOptions(stroke_scale="4").stroke_scale == 4 and StyleOptions(stroke_scale="auto").stroke_scale == "auto"
     assert options.style_weights == (2.0, 1.0)
     assert options.storage_options == secrets and options.storage_options is not secrets
     assert "AKIA" not in repr(options)  # secrets never reach a log line

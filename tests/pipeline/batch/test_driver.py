@@ -25,6 +25,7 @@ from models.bundle import weight_name, write_bundle, write_latest  # noqa: E402
 from models.family import CD16X  # noqa: E402
 from pipeline.batch import driver as batch  # noqa: E402
 from pipeline.batch.manifest import SCHEMA, read_manifest  # noqa: E402
+from pipeline.engine.controls import style_levels  # noqa: E402
 from pipeline.engine.runner import load_style, stylize_file  # noqa: E402
 
 TILE = 128
@@ -282,6 +283,58 @@ def test_admission_keeps_the_megapixels_in_flight_within_the_budget(ray_cluster,
     in_flight = [int(n) for n in re.findall(r"(\d+) in flight \| tiles", caplog.text)]
     assert in_flight and max(in_flight) == 1
     assert [r["status"] for r in read_manifest(str(out)).to_pylist()] == ["ok", "ok"]
+
+
+def test_masked_colour_kept_stroke_scaled_pairs_split_over_the_actors(ray_cluster, content_dir, style_dir,
+                                                                    weights_dir, model_set, tmp_path):
+    """A mask, colour preservation and a stroke scale run tile-split (not in one actor call) and
+    give the in-process engine's pixels."""
+    source, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
+    source.mkdir()
+    masks.mkdir()
+    Image.open(content_dir / "astronaut_512.jpg").convert("RGB").resize((400, 300)).save(source / "gate.png")
+    labels = np.zeros((300, 400), np.uint8)
+    labels[:, 230:] = 1
+    Image.fromarray(labels).save(masks / "gate.png")
+    styles = [str(style_dir / "strokes_512.jpg"), str(style_dir / "strokes_570.jpg")]
+    argv = _args(str(source), str(out), styles, weights_dir, "--mask", str(masks), "--preserve-color",
+                 "--stroke-scale", "3")
+    assert main(argv) == 0
+    [row] = read_manifest(str(out)).to_pylist()
+    assert (row["status"], row["mode"], row["tiles"]) == ("ok", "tiled", 12)
+    settings = json.loads(row["settings"])
+    assert settings["stroke_scale"] == 3 and settings["controls"]["preserve_color"] is True
+    assert len(row["worker"].split(",")) == 2  # spread over both actors
+    got = _decode((out / "gate__strokes_512+strokes_570.png").read_bytes())
+    style = style_levels([load_style(s, model_set, style_size=STYLE_SIZE) for s in styles], masked=True)
+    stylize_file(str(source / "gate.png"), str(tmp_path / "ref.png"), style, model_set, tile=TILE, stroke_scale=3,
+                 mask_uri=str(masks / "gate.png"), preserve_color=True)
+    assert _psnr(got, _decode((tmp_path / "ref.png").read_bytes())) >= 50
+
+
+def test_small_stroke_scaled_images_batched_per_call_give_the_engine_pixels(ray_cluster, content_dir, style_dir,
+                                                                            weights_dir, model_set, tmp_path):
+    """One-tile images go to the actors several to a call (``stylize_files``) with the stroke scale:
+    each output is the in-process engine's at that scale, not the plain cascade's."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    photo = Image.open(content_dir / "astronaut_512.jpg").convert("RGB")
+    photo.resize((112, 96)).save(source / "a.png")
+    photo.crop((100, 100, 400, 400)).resize((96, 112)).save(source / "b.png")
+    style = str(style_dir / "strokes_512.jpg")
+    argv = _args(str(source), str(out), [style], weights_dir, "--stroke-scale", "3", "--batch-images", "2")
+    assert main(argv) == 0
+    rows = read_manifest(str(out)).to_pylist()
+    assert [(r["status"], r["tiles"]) for r in rows] == [("ok", 1), ("ok", 1)]
+    assert all(json.loads(r["settings"])["stroke_scale"] == 3 for r in rows)
+    stats = load_style(style, model_set, style_size=STYLE_SIZE)
+    for name in ("a", "b"):
+        got = _decode((out / f"{name}__strokes_512.png").read_bytes())
+        image = str(source / f"{name}.png")
+        stylize_file(image, str(tmp_path / "ref.png"), stats, model_set, tile=TILE, stroke_scale=3)
+        stylize_file(image, str(tmp_path / "plain.png"), stats, model_set, tile=TILE)
+        assert _psnr(got, _decode((tmp_path / "ref.png").read_bytes())) >= 50
+        assert _psnr(got, _decode((tmp_path / "plain.png").read_bytes())) < 40
 
 
 def test_weights_that_cannot_load_stop_the_job_with_one_line(ray_cluster, content_dir, style_dir, tmp_path, capsys):

@@ -33,7 +33,8 @@ def test_every_setting_that_changes_pixels_changes_the_fingerprint():
     assert fingerprint(_settings()) == base and len(base) == 16
     for changed in [dict(alpha=0.5), dict(style_size=512), dict(mode="thumbnail"), dict(model_id="bundle:x"),
                     dict(weights={**DIGESTS, "1SD": "dd" * 32}), dict(style="etag:abc"), dict(code="0.2.0"),
-                    dict(output_uri="out/a__s.jpg"), dict(precision="bf16"), dict(precision="tf32")]:
+                    dict(output_uri="out/a__s.jpg"), dict(precision="bf16"), dict(precision="tf32"),
+                    dict(stroke_scale=4), dict(stroke_scale="auto")]:
         assert fingerprint(_settings(**changed)) != base, changed
 
 
@@ -86,6 +87,11 @@ def test_code_version_prefers_the_image_build_then_the_checkout(monkeypatch):
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     assert code_version().endswith("+git." + head)
+
+
+def test_stroke_scale_is_recorded_as_given():
+    assert _settings()["stroke_scale"] == 1 and _settings(stroke_scale="auto")["stroke_scale"] == "auto"
+    assert changes(_settings(), _settings(stroke_scale="auto")) == ["stroke_scale 1 -> auto"]
 
 
 def test_controls_count_only_when_set():

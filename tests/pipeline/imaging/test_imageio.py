@@ -32,7 +32,9 @@ from pipeline.imaging.imageio import (
     image_size,
     output_format,
     read_canvas,
+    read_crops,
     read_image,
+    read_view,
     write_bytes,
 )
 from pipeline.imaging.tiles import Rect
@@ -250,6 +252,32 @@ def test_canvas_matches_pillow_in_the_files_depth(kind, tmp_path: Path) -> None:
         np.testing.assert_array_equal(padded, np.pad(padded[:, :h, :w], ((0, 0), (0, ph), (0, pw)), mode="reflect"))
     finally:
         image.close()
+
+
+def test_crops_and_views_are_the_whole_images_pixels(kind) -> None:
+    """One sequential pass gives exactly the decoded rectangles; a view is a Lanczos shrink."""
+    uri, _, _ = kind
+    whole = read_image(uri).rgb
+    h, w = whole.shape[:2]  # 150 x 200, or 200 x 150 turned by EXIF orientation
+    rects = [Rect(0, 0, 40, 50), Rect(h - 50, w - 50, h, w), Rect(17, 33, 18, w), Rect(10, 0, 120, 60)]
+    for rect, crop in zip(rects, read_crops(uri, rects), strict=True):
+        np.testing.assert_array_equal(crop, whole[rect.y0 : rect.y1, rect.x0 : rect.x1])
+    np.testing.assert_array_equal(read_view(uri, 400), whole)  # never enlarged
+    small = read_view(uri, 100)
+    size = (100, 75) if w > h else (75, 100)
+    lanczos = Image.fromarray(np.rint(whole * 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
+    assert small.shape == (size[1], size[0], 3) and small.dtype == np.float32
+    assert np.abs(small * 255 - np.asarray(lanczos, np.float32)).mean() < 2
+    assert read_view(uri, 100, shape=(30, 120)).shape == (30, 120, 3)
+
+
+def test_crops_and_views_refuse_bad_input(tmp_path: Path, jpeg_bytes: bytes) -> None:
+    path = tmp_path / "truncated.jpg"
+    path.write_bytes(jpeg_bytes[: len(jpeg_bytes) // 2])
+    assert "truncated" in _one_line_error(str(path), read_crops, rects=[Rect(140, 0, 150, 10)])
+    assert "truncated" in _one_line_error(str(path), read_view, size=50)
+    assert "leaves it" in _one_line_error(str(path), read_crops, rects=[Rect(140, 0, 151, 10)])
+    assert "--max-pixels" in _one_line_error(str(path), read_view, size=50, max_pixels=100)
 
 
 def test_rgb_profile_is_kept_for_the_output_and_others_are_not(tmp_path: Path) -> None:

@@ -105,11 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lr",
         type=float,
-        default=0.05,
-        help="peak Adam step per layer, as a fraction of the RMS of the layer's weights",
+        default=0.1,
+        help="peak Adam step per layer, as a fraction of the RMS of the layer's weights, for student encoders "
+        "(which start from a pruned teacher) and teacher decoders (from scratch)",
     )
     p.add_argument(
-        "--warmup-steps", type=int, default=50, help="steps of linear warm-up per stage, then a cosine decay to 0"
+        "--decoder-lr",
+        type=float,
+        default=0.05,
+        help="the same for student decoders, which start from the teacher's decoder",
+    )
+    p.add_argument(
+        "--warmup-steps", type=int, default=20, help="steps of linear warm-up per stage, then a cosine decay to 0"
     )
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm to this (0: no clipping)")
     p.add_argument("--beta", type=float, default=0.3, help="weight of the embed loss (relative feature error)")
@@ -172,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     if args.cpus_per_worker is not None and args.cpus_per_worker <= 0:
         parser.error(f"--cpus-per-worker must be positive, got {args.cpus_per_worker:g}")
-    if args.lr <= 0 or args.clip_grad < 0 or args.patience < 0 or args.warmup_steps < 0:
-        parser.error("--lr must be positive; --clip-grad, --patience and --warmup-steps at least 0")
+    if min(args.lr, args.decoder_lr) <= 0 or min(args.clip_grad, args.patience, args.warmup_steps) < 0:
+        parser.error("--lr and --decoder-lr must be positive; --clip-grad, --patience and --warmup-steps at least 0")
     configure_driver()
     args.run_id = args.run_id or f"distill-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     if args.data is None:

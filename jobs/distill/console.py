@@ -53,10 +53,11 @@ def quiet_worker() -> None:
     processes. Keeps the libraries' INFO lines and Ray's deprecation notices about its own
     internals off the console (Ray Train configures its workers' logging again when they
     start; :func:`jobs.distill.train.train_loop_per_worker` quietens them the same way), and
-    names this process's cluster in ``RAY_ADDRESS``, so that Ray Train's helpers that look
-    their cluster up (the placement-group cleaner) do not fail on a machine running several."""
-    if ray.is_initialized():
-        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    names this process's cluster in ``RAY_ADDRESS`` (unless it names one already; a driver's
+    ``RAY_ADDRESS=local`` reaches the workers too), so that Ray Train's helpers that look their
+    cluster up (the placement-group cleaner) do not fail on a machine running several."""
+    if ray.is_initialized() and os.environ.get("RAY_ADDRESS", "") in ("", "auto", "local"):
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("ultrastyle").setLevel(logging.INFO)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")

@@ -114,6 +114,7 @@ def _train_config(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         "image_size": args.image_size,
         "held_out": setup.held_uris,
         "lr": args.lr,
+        "decoder_lr": args.decoder_lr,
         "warmup_steps": args.warmup_steps,
         "clip_grad": args.clip_grad,
         "beta": args.beta,
@@ -229,6 +230,7 @@ def _card(args: argparse.Namespace, setup: Setup, metrics: dict[str, Any]) -> di
         "cpus_per_worker": args.cpus_per_worker,
         "recipe": {
             "lr": args.lr,
+            "decoder_lr": args.decoder_lr,
             "warmup_steps": args.warmup_steps,
             "clip_grad": args.clip_grad,
             "beta": args.beta,

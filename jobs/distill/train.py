@@ -252,15 +252,18 @@ def _train_stage(
     modules: tuple[DistillationObjective | DecoderObjective, torch.nn.Module],
     config: dict[str, Any],
 ) -> None:
-    """Run (the rest of) one stage: Adam with per-layer step sizes, warm-up and cosine decay,
-    held-out PSNR every ``eval_every`` steps, early stop, rank 0 logging and checkpointing."""
+    """Run (the rest of) one stage: Adam with per-layer step sizes (``decoder_lr`` for a student
+    decoder, which starts from the teacher's decoder, ``lr`` for the rest, which start from a
+    pruned copy or from scratch), warm-up and cosine decay, held-out PSNR every ``eval_every``
+    steps, early stop, rank 0 logging and checkpointing."""
     objective, trainable = modules
     key, steps, rank = stage.key, config["steps"], ray.train.get_context().get_world_rank()
     if state.module is not None:
         trainable.load_state_dict(state.module)
     model = prepare_model(objective)  # moves the objective to the device, DDP-wraps it
     probe = probe.to(get_device())
-    optimizer = torch.optim.Adam(layer_param_groups(trainable, config["lr"]))
+    lr = config["decoder_lr"] if stage.kind == STUDENT_DECODER else config["lr"]
+    optimizer = torch.optim.Adam(layer_param_groups(trainable, lr))
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
     if state.step == 0:

@@ -7,7 +7,9 @@ painted sample style, on ``--device`` in ``--precision``, and reports seconds pe
 of the process tree (sampled every 50 ms, and the kernel's own high-water mark of this
 process), on CUDA the peak GPU memory allocated, and the PSNR of the result against the fp32
 whole-image result on the same input (computed after the timed run; ``--no-psnr`` skips it).
-Run each configuration in a fresh process: the peak is per process.
+Run each configuration in a fresh process: the peak is per process. ``--warmup N`` runs the
+cascade N times untimed first: a GPU's first calls load kernels and create library handles,
+which would otherwise be counted in a run that takes milliseconds.
 
 That measures the cascade alone. From encoded file to encoded file, :func:`photo_file` makes
 an input of any size from a real photo and ``scripts/bench_table.py --files`` runs
@@ -23,18 +25,22 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import psutil
 import pyvips
 import torch
 
-from pipeline.engine.models import load_model_set
-from pipeline.engine.precision import DEFAULT_PRECISION, PRECISIONS
-from pipeline.engine.runner import MODES, LoadedImage, stylize_image, to_tensor
+from jobs.flags import default, flag_message, options_from
+from pipeline.engine.device import resolve_device
+from pipeline.engine.models import load_models
+from pipeline.engine.runner import LoadedImage, stylize_image, to_tensor
 from pipeline.engine.tiled import read_rgb
+from pipeline.errors import one_line_error
 from pipeline.imaging.canvas import Canvas
-from pipeline.imaging.imageio import read_image
+from pipeline.imaging.imageio import MIN_SIDE, read_image
+from pipeline.options import MODES, PRECISIONS, OptionError, StyleOptions
 
 __all__ = ["LevelClock", "PeakMemory", "build_parser", "main", "photo_file", "psnr8", "synthetic_image"]
 
@@ -149,31 +155,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="3840x2160", help="WxH of the generated content image")
     p.add_argument("--content", default=None, help="bench this image instead of a generated one (--size ignored)")
     p.add_argument("--mode", choices=MODES, default="exact")
-    p.add_argument("--tile", type=int, default=1024)
-    p.add_argument("--weights", default=None, help="weights location (default: $ULTRASTYLE_WEIGHTS or embedded)")
+    p.add_argument("--tile", type=int, default=default(StyleOptions, "tile"))
+    p.add_argument("--weights", default=default(StyleOptions, "weights"),
+                   help="weights location (default: $ULTRASTYLE_WEIGHTS or embedded)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run (default cpu)")
-    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+    p.add_argument("--device", default=default(StyleOptions, "device"), metavar="auto|cpu|cuda[:N]",
+                   help="where the networks run (default auto: CUDA when torch sees a GPU, else the CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default=default(StyleOptions, "precision"),
                    help="arithmetic of the networks (see ultrastyle stylize --help; default fp32)")
-    p.add_argument("--tile-batch", type=int, default=None,
+    p.add_argument("--tile-batch", type=int, default=default(StyleOptions, "tile_batch"),
                    help="equal-size tile regions per network call (default: 1 on cpu, 4 on cuda)")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="untimed runs of the cascade before the timed one (default 0; 1 on a GPU, whose first "
+                   "calls load kernels)")
     p.add_argument("--no-psnr", dest="psnr", action="store_false",
                    help="skip the fp32 whole-image reference run (it needs the whole image's activations in memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p
 
 
-def _check(args: argparse.Namespace) -> tuple[int, int]:
-    """The image size to generate; one-line errors for bad flags."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA GPU on this machine")
-    if args.tile_batch is not None and args.tile_batch < 1:
-        raise ValueError(f"--tile-batch must be at least 1, got {args.tile_batch}")
+def _check(args: argparse.Namespace) -> tuple[StyleOptions, int, int]:
+    """The options (device resolved) and the image size to generate.
+
+    Raises:
+        OptionError: a bad option flag, or ``--device cuda`` without a GPU.
+        ValueError: a bad ``--size`` or ``--warmup``.
+    """
+    if args.warmup < 0:
+        raise ValueError(f"--warmup cannot be negative, got {args.warmup}")
+    options = options_from(StyleOptions, args)
+    options = replace(options, device=resolve_device(options.device))
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError as e:
         raise ValueError(f"--size must be WxH in pixels, e.g. 3840x2160, got {args.size!r}") from e
-    return width, height
+    if min(width, height) < MIN_SIDE:
+        raise ValueError(f"--size must be at least {MIN_SIDE} px a side, got {args.size!r}")
+    return options, width, height
 
 
 def _result(image: LoadedImage, canvas: Canvas) -> np.ndarray:
@@ -189,21 +207,29 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        width, height = _check(args)
+        options, width, height = _check(args)
     except ValueError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {flag_message(e) if isinstance(e, OptionError) else e}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    style_rgb = to_tensor(np.asarray(paint_style(), np.float32) / 255.0)
-    models = load_model_set(args.weights, device=device, precision=args.precision, tile_batch=args.tile_batch)
-    style = style_statistics(style_rgb, models)
     if args.content:
-        image = read_image(args.content)
+        try:
+            image = read_image(args.content)
+        except (OSError, ValueError) as e:
+            print(f"{PROG}: error: --content {args.content}: {one_line_error(e)}", file=sys.stderr)
+            return 1
         width, height = image.width, image.height
     else:
         image = LoadedImage(synthetic_image(height, width))
+    style_rgb = to_tensor(np.asarray(paint_style(), np.float32) / 255.0)
+    models = load_models(options)
+    device = models.device
+    style = style_statistics(style_rgb, models)
+    for _ in range(args.warmup):
+        with tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
+            canvas, _ = stylize_image(image, style, models, mode=options.mode, tile=options.tile, workdir=workdir)
+            canvas.close()
     clock = LevelClock(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -211,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     with PeakMemory() as memory, tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
         start = time.perf_counter()
         clock.start()
-        canvas, report = stylize_image(image, style, models, mode=args.mode, tile=args.tile, workdir=workdir,
+        canvas, report = stylize_image(image, style, models, mode=options.mode, tile=options.tile, workdir=workdir,
                                        on_level=clock)
         wall = time.perf_counter() - start
         result = _result(image, canvas) if args.psnr else None
@@ -219,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     psnr = None
     if args.psnr:
         # The yardstick: fp32 (TF32 off) on the whole image, same device, same input and style.
-        reference_models = load_model_set(args.weights, device=device, precision="fp32")
+        reference_models = load_models(replace(options, precision="fp32"))
         reference_style = style_statistics(style_rgb, reference_models)
         with tempfile.TemporaryDirectory(prefix="ultrastyle-bench-") as workdir:
             canvas, _ = stylize_image(image, reference_style, reference_models, mode="whole", workdir=workdir)
@@ -228,12 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         "size": f"{width}x{height}",
         "megapixels": round(width * height / 1e6, 2),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": args.precision,
+        "precision": options.precision,
         "mode": report.mode,
-        "tile": None if report.mode == "whole" else args.tile,
+        "tile": None if report.mode == "whole" else options.tile,
         "tiles": report.tiles,
         "tile_batch": models.tile_batch,
         "threads": torch.get_num_threads(),
+        "warmup": args.warmup,
         "seconds": round(wall, 3),
         "mp_per_s": float(f"{width * height / 1e6 / wall:.4g}"),
         "level_seconds": clock.seconds,

@@ -6,10 +6,15 @@ runs, so the CLI and ``ray job submit -- python -m jobs.stylize ...`` cannot dri
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["SUBCOMMANDS", "main"]
+from pipeline.version import version_text
+
+__all__ = ["SUBCOMMANDS", "VersionAction", "main"]
 
 SUBCOMMANDS = {
     "stylize": "stylize images (one file, or every image under a prefix as a Ray batch job)",
@@ -19,9 +24,23 @@ SUBCOMMANDS = {
 }
 
 
+class VersionAction(argparse.Action):
+    """``--version``: print :func:`pipeline.version.version_text` and exit 0 (worked out only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the package version (and the code version outputs record) and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def _usage() -> str:
-    lines = ["usage: ultrastyle {" + ",".join(SUBCOMMANDS) + "} ...", ""]
+    lines = ["usage: ultrastyle [--version] {" + ",".join(SUBCOMMANDS) + "} ...", ""]
     lines += [f"  {name:<9} {text}" for name, text in SUBCOMMANDS.items()]
+    lines += ["", "ultrastyle SUBCOMMAND --help shows a subcommand's flags and examples."]
     return "\n".join(lines)
 
 
@@ -31,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(version_text())
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"ultrastyle: unknown subcommand {name!r}\n{_usage()}", file=sys.stderr)

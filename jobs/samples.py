@@ -1,4 +1,4 @@
-"""Sample images the project makes itself, for the embedded default run and the README.
+"""Sample images the project makes itself, for the embedded default run and the documentation.
 
 Content photos are public-domain images that scikit-image ships in its package; the style is
 painted here from a fixed seed (thick strokes of a warm-cool palette, softened), so the demo

@@ -21,6 +21,7 @@ from models import WeightsError, resolve_weights
 from models.checkpoint import cache_dir, download, fetch, sha256_file
 from models.packing import pack_official
 from models.weights import CD16xWeights, official_weight_set
+from pipeline.errors import one_line_error
 
 __all__ = ["build_parser", "main"]
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             return _pack(args.source, args.target)
         return _list()
     except WeightsError as e:
-        print(f"ultrastyle weights: error: {e}", file=sys.stderr)
+        print(f"ultrastyle weights: error: {one_line_error(e)}", file=sys.stderr)
         return 1
 
 

@@ -7,11 +7,17 @@ Local paths, ``file://``, ``http(s)://`` and ``s3://`` all go through
 :func:`fsspec.core.url_to_fs`, with ``storage_options`` passed on untouched. A file whose
 digest is pinned is looked up in the cache first, so a pinned set downloaded once works
 offline afterwards.
+
+Trust is checked where the bytes are used, not only where they arrive: a cache entry is
+hashed again each time it is looked up (one that no longer matches its name is fetched
+again, never used), and :func:`load_state_dict` hashes the very bytes it deserialises, so a
+file changed between the check and the load is refused too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -20,9 +26,18 @@ from typing import Any
 
 import fsspec
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 
-__all__ = ["WEIGHTS_ENV", "WeightsError", "cache_dir", "fetch", "load_state_dict", "sha256_file"]
+__all__ = [
+    "WEIGHTS_ENV",
+    "WeightsError",
+    "cache_dir",
+    "download",
+    "fetch",
+    "load_state_dict",
+    "one_line",
+    "sha256_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +65,12 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (the first line of a multi-line message), for error texts."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
 def _is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
@@ -65,6 +86,8 @@ def fetch(uri: str, sha256: str | None = None, storage_options: dict[str, Any] |
     Returns:
         The local file: ``uri`` itself for local files, else the cache entry
         ``<cache>/<sha256>.pth`` (remote files without a digest are cached by their own).
+        A cache entry is hashed again before it is returned; one whose bytes no longer match
+        its name is replaced by a fresh download (with a warning), never returned.
 
     Raises:
         WeightsError: the file is missing or unreachable (the message says how to point at a
@@ -80,7 +103,12 @@ def fetch(uri: str, sha256: str | None = None, storage_options: dict[str, Any] |
     if sha256:
         cached = cache_dir() / f"{sha256}.pth"
         if cached.is_file():
-            return cached
+            actual = sha256_file(cached)
+            if actual == sha256:
+                return cached
+            # download() replaces the entry atomically: a reader never sees it missing.
+            log.warning("weights cache entry %s holds sha256 %s, not the %s its name pins: fetching %s again",
+                        cached, actual, sha256, uri)
     return download(uri, sha256, storage_options)
 
 
@@ -115,31 +143,43 @@ def download(uri: str, sha256: str | None = None, storage_options: dict[str, Any
     except WeightsError:
         raise
     except Exception as e:  # fsspec raises many kinds: FileNotFoundError, ClientError, OSError
-        raise WeightsError(f"cannot fetch weights from {uri}: {type(e).__name__}: {e} ({_HINT})") from e
+        raise WeightsError(f"cannot fetch weights from {uri}: {one_line(e)} ({_HINT})") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _is_safetensors(path: str | Path) -> bool:
+def _is_safetensors(data: bytes) -> bool:
     """A safetensors file starts with its header's length (8 bytes) and then its JSON header."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
+    return len(data) >= 9 and data[8:9] == b"{"
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | Path, *, sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Load a checkpoint's tensors on the CPU, unwrapping a ``{"model": ...}`` envelope.
 
     Torch files load with ``weights_only=True`` and safetensors files hold tensors only: a
-    checkpoint is data, never code to run.
+    checkpoint is data, never code to run. The file is read once; with ``sha256`` those bytes
+    are hashed before they are deserialised, so what loads is what was verified.
+
+    Args:
+        path: a local checkpoint file (torch or safetensors, told by its bytes).
+        sha256: expected hex digest of the file, or ``None`` not to check.
+
+    Raises:
+        WeightsError: the digest differs from ``sha256``, or the file is not a readable
+            checkpoint of tensors.
     """
+    data = Path(path).read_bytes()
+    if sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise WeightsError(f"sha256 mismatch for {path}: expected {sha256}, got {actual}")
     try:
-        if _is_safetensors(path):
-            return load_file(str(path), device="cpu")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if _is_safetensors(data):
+            return dict(sorted(load_safetensors(data).items()))  # the file's order, as safe_open lists it
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        raise WeightsError(f"cannot read checkpoint {path}: {one_line(e)}") from e
     if isinstance(obj, dict) and "model" in obj:
         obj = obj["model"]
     if not isinstance(obj, dict):

@@ -10,7 +10,11 @@ into a :class:`WeightSet`, whose files are fetched hash-checked by :mod:`models.
   ``{k}SE.safetensors``/``{k}SD.safetensors`` (a copy of the embedded ones): checked against
   the same pins;
 - a bundle written by ``distill`` (``card.json`` beside the files, digests from the card),
-  or ``<publish>/latest``, a small file naming the current run id.
+  ``<publish>/latest`` (a small file naming the current run id and pinning its card), or a
+  bundle pinned by hand, ``<bundle>#sha256=<card digest>`` (see :mod:`models.bundle`).
+
+A bundle's :attr:`WeightSet.location` is always pinned to the card that was read, so the
+other processes of a job (Ray actors) load the same weights or fail, never other ones.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 from fsspec.core import url_to_fs
 
 from models import bundle
-from models.checkpoint import WEIGHTS_ENV, WeightsError, fetch, load_state_dict
+from models.checkpoint import WEIGHTS_ENV, WeightsError, fetch, load_state_dict, one_line
 from models.family import CD16X, LEVELS, Decoder, Encoder, FamilySpec
 
 __all__ = [
@@ -94,7 +98,8 @@ class WeightSet:
         family: channel widths of the encoders/decoders.
         files: ``"{k}SE"``/``"{k}SD"`` -> :class:`WeightSpec`.
         location: the ``--weights`` location it was resolved from, a ``latest`` pointer
-            replaced by the bundle it named (``None`` for the embedded files), so that other
+            replaced by the bundle it named and a bundle pinned to its card
+            (``<bundle>#sha256=<card digest>``; ``None`` for the embedded files), so that other
             processes can load the same set. Not part of equality: the files say which weights
             these are.
     """
@@ -150,23 +155,27 @@ def resolve_weights(uri: str | None = None, storage_options: dict[str, Any] | No
     """Turn a ``--weights`` location into a :class:`WeightSet` (see the module docstring).
 
     Raises:
-        WeightsError: the location cannot be listed (unreachable or missing).
+        WeightsError: the location cannot be listed (unreachable or missing), a ``latest``
+            pointer is malformed or names a run outside its folder, or a bundle's card is not
+            the one its pointer or pin names (one line each, naming the URI).
     """
     uri = uri or os.environ.get(WEIGHTS_ENV) or None
     if uri is None:
         return CD16xWeights.DEFAULT.value
     try:
-        uri = bundle.resolve_pointer(uri, storage_options)  # <publish>/latest names the current run id
-        has_card = bundle.is_bundle(uri, storage_options)
-        fs, path = url_to_fs(uri, **(storage_options or {}))
-        is_dir = fs.isdir(path)
-        names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] if is_dir and not has_card else []
+        folder, pin = bundle.split_pin(bundle.resolve_pointer(uri, storage_options))
+        has_card = bundle.is_bundle(folder, storage_options)
+        fs, path = url_to_fs(folder, **(storage_options or {}))
+        is_dir = not has_card and fs.isdir(path)
+        names = [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)] if is_dir else []
+    except WeightsError:
+        raise
     except Exception as e:
-        raise WeightsError(f"cannot read weights location {uri}: {type(e).__name__}: {e}") from e
+        raise WeightsError(f"cannot read weights location {uri}: {one_line(e)}") from e
     if has_card:
-        card = bundle.read_card(uri, storage_options)
-        files = {name: WeightSpec(bundle.weight_uri(uri, name), digest) for name, digest in card["files"].items()}
-        return WeightSet(f"bundle:{card['run_id']}", bundle.card_family(card), files, uri)
+        return _bundle_set(folder, pin, storage_options)
+    if pin is not None:
+        raise WeightsError(f"weights location {uri} pins a bundle card, but {folder} has no {bundle.CARD_FILE}")
     if not is_dir:
         raise WeightsError(
             f"weights location {uri} is not a folder of {{k}}SE.pth/{{k}}SD.pth "
@@ -176,9 +185,22 @@ def resolve_weights(uri: str | None = None, storage_options: dict[str, Any] | No
     return replace(official_weight_set(uri, layout="safetensors" if packed else "flat"), location=uri)
 
 
+def _bundle_set(folder: str, pin: str | None, storage_options: dict[str, Any] | None) -> WeightSet:
+    """The weight set of the bundle in ``folder``, its card checked against ``pin`` and pinned from then on."""
+    try:
+        card, digest = bundle.read_card(folder, storage_options, sha256=pin)
+        family = bundle.card_family(card)
+    except WeightsError:
+        raise
+    except Exception as e:
+        raise WeightsError(f"cannot read the card of bundle {folder}: {one_line(e)}") from e
+    files = {name: WeightSpec(bundle.weight_uri(folder, name), sha) for name, sha in card["files"].items()}
+    return WeightSet(f"bundle:{card['run_id']}", family, files, bundle.pin_uri(folder, digest))
+
+
 def _load(module, weights: WeightSet, name: str, storage_options: dict[str, Any] | None):
     spec = weights.spec(name)
-    state = load_state_dict(fetch(spec.uri, spec.sha256, storage_options))
+    state = load_state_dict(fetch(spec.uri, spec.sha256, storage_options), sha256=spec.sha256)
     try:
         module.load_state_dict(state)
     except RuntimeError as e:

@@ -1,15 +1,17 @@
 """Ray's overhead: the batch job against the in-process engine on the same images and CPUs.
 
-    python -m scripts.batch_throughput [--image PATH] [--copies N] [--tile 512] [--workers 2] [--repeats 2]
+    python -m scripts.batch_throughput [--image PATH | --size WxH] [--copies N] [--tile 512] [--workers 2]
+        [--mode exact] [--batch-images 4] [--repeats 2]
 
-Both sides run the exact tiled cascade with the same tile: A, the in-process engine
-(``pipeline.engine.runner.stylize_file``, mode ``exact``, images one after another) with ``--workers``
-torch threads; B, the batch job on a local Ray with ``--workers`` CPU actors of one thread
-each. They alternate (A B A B ...) so that load from other users of the machine falls on both
-alike; the script prints every run, the medians and the ratios. Without ``--image`` the content
-is a 3840x2160 picture made from scikit-image's public-domain astronaut sample and the style
-is the project's painted sample style, so it needs no download but the weights
-(``--weights`` or ``$ULTRASTYLE_WEIGHTS``).
+Both sides run the cascade in ``--mode`` with the same tile: A, the in-process engine
+(``pipeline.engine.runner.stylize_file``, images one after another, file to file) with
+``--workers`` torch threads; B, the batch job on a local Ray with ``--workers`` CPU actors of one
+thread each (images of one tile go ``--batch-images`` to a call). They alternate (A B A B ...) so
+that load from other users of the machine falls on both alike; the script prints every run, the
+medians and the ratios. Without ``--image`` the content is a 3840x2160 picture made from
+scikit-image's public-domain astronaut sample, or with ``--size`` a photo of that size
+(:func:`jobs.bench.photo_file`), and the style is the project's painted sample style, so it
+needs no download but the weights (``--weights`` or ``$ULTRASTYLE_WEIGHTS``).
 
 For B, "pair" is the manifest's wall seconds of a pair (cut, levels, write), and "job" is
 the span from the first pair's start to the last pair's end (Ray's start and the actors'
@@ -20,8 +22,11 @@ sampled during B and given per pixel in flight.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -31,6 +36,7 @@ import ray
 import torch
 from PIL import Image
 
+from jobs.bench import photo_file
 from jobs.samples import paint_style
 from jobs.stylize import main as stylize_main
 from pipeline.batch.manifest import read_manifest
@@ -52,8 +58,18 @@ def _in_process(images: list[Path], style: Path, out: Path, args: argparse.Names
     stats = load_style(str(style), models)
     start = time.perf_counter()
     for i, image in enumerate(images):
-        stylize_file(str(image), str(out / f"local{i}{image.suffix}"), stats, models, mode="exact", tile=args.tile)
+        stylize_file(str(image), str(out / f"local{i}{image.suffix}"), stats, models, mode=args.mode, tile=args.tile)
     return time.perf_counter() - start
+
+
+def _bench(args: argparse.Namespace) -> float:
+    """MP/s of ``ultrastyle bench`` at ``--size`` in a fresh process with ``--workers`` threads (the cascade alone)."""
+    command = [sys.executable, "-m", "jobs.bench", "--size", args.size, "--threads", str(args.workers), "--mode",
+               args.mode, "--tile", str(args.tile), "--no-psnr", "--json"]
+    if args.weights:
+        command += ["--weights", args.weights]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["mp_per_s"])
 
 
 def _store_used() -> int:
@@ -69,9 +85,10 @@ def _store_used() -> int:
 
 def _batch(folder: Path, style: Path, out: Path, args: argparse.Namespace) -> tuple[float, float, int]:
     """(mean pair seconds, job seconds, peak object-store bytes) of one batch run."""
-    argv = ["--input", str(folder), "--style", str(style), "--output", str(out), "--mode", "exact",
+    argv = ["--input", str(folder), "--style", str(style), "--output", str(out), "--mode", args.mode,
             "--tile", str(args.tile), "--workers", str(args.workers), "--cpus-per-worker", "1",
-            "--max-in-flight", str(max(2, args.copies)), "--progress-seconds", "30"]
+            "--max-in-flight", str(max(2, args.copies)), "--batch-images", str(args.batch_images),
+            "--progress-seconds", "30"]
     if args.weights:
         argv += ["--weights", args.weights]
     peak, stop = [0], threading.Event()
@@ -97,6 +114,9 @@ def _batch(folder: Path, style: Path, out: Path, args: argparse.Namespace) -> tu
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", help="content image (default: a generated 3840x2160 JPEG)")
+    p.add_argument("--size", default=None, help="WxH of a generated photo instead (e.g. 640x480)")
+    p.add_argument("--mode", default="exact", help="cascade mode of both sides (default exact)")
+    p.add_argument("--batch-images", type=int, default=4, help="B: images of one tile per actor call")
     p.add_argument("--weights", default=None, help="weights URI (default: $ULTRASTYLE_WEIGHTS or the official files)")
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--workers", type=int, default=2, help="CPU actors, and the in-process engine's threads")
@@ -112,6 +132,9 @@ def main() -> None:
         image = folder / ("content" + (Path(args.image).suffix if args.image else ".jpg"))
         if args.image:
             shutil.copyfile(args.image, image)
+        elif args.size:
+            width, height = (int(v) for v in args.size.lower().split("x"))
+            photo_file(str(image), width, height)
         else:
             _content(image, (3840, 2160))
         images = [image]
@@ -124,13 +147,16 @@ def main() -> None:
             megapixels = img.width * img.height / 1e6
         print(f"content {img.width}x{img.height} ({megapixels:.2f} MP) x {args.copies}, tile {args.tile}, "
               f"{args.workers} workers")
-        a_runs, pair_runs, job_runs, peaks = [], [], [], []
+        a_runs, pair_runs, job_runs, peaks, bench_rates = [], [], [], [], []
         for r in range(args.repeats):
             local = work / f"local{r}"
             local.mkdir()
             a_runs.append(_in_process(images, style, local, args))
             print(f"A{r + 1} in-process: {a_runs[-1]:.1f} s -> {megapixels * args.copies / a_runs[-1]:.3f} MP/s",
                   flush=True)
+            if args.size:
+                bench_rates.append(_bench(args))
+                print(f"C{r + 1} ultrastyle bench --size {args.size}: {bench_rates[-1]:.3f} MP/s", flush=True)
             pair, job, peak = _batch(folder, style, work / f"out{r}", args)
             pair_runs.append(pair)
             job_runs.append(job)
@@ -143,6 +169,9 @@ def main() -> None:
               f"({total_mp / job:.3f} MP/s)")
         print(f"B/A: job rate {100 * a / job:.1f} % of in-process; pair time {100 * pair / (a / args.copies):.1f} % "
               f"of one in-process image")
+        if bench_rates:
+            bench = statistics.median(bench_rates)
+            print(f"B/C: job rate {100 * total_mp / job / bench:.1f} % of ultrastyle bench ({bench:.3f} MP/s)")
         print(f"object store peak: {max(peaks) / 2**20:.0f} MiB = {max(peaks) / (total_mp * 1e6):.1f} bytes "
               f"per pixel of the {args.copies} image(s)")
     finally:

@@ -1,4 +1,4 @@
-"""Run the README's speed and memory measurements and print their Markdown tables.
+"""Run the speed and memory measurements of docs/benchmarks.md and print their Markdown tables.
 
 ``python scripts/bench_table.py [--weights URI] [--quick]``: ``ultrastyle bench`` over the
 cascade configurations, each in a fresh process (peak memory is per process).

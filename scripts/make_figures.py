@@ -1,4 +1,4 @@
-"""Make the README's pictures from the project's own sample images.
+"""Make the pictures of the README and docs/design.md from the project's own sample images.
 
 - ``docs/demo.jpg``: content, style and result for each sample photo, made with
   ``ultrastyle stylize`` defaults (whole image, alpha 1).

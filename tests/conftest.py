@@ -7,8 +7,15 @@ combined to the sizes the tests need, and styles painted by :func:`jobs.samples.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import shutil
+import socket
+import struct
+import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,17 @@ from jobs.samples import paint_style, skimage_photo
 from models.weights import EMBEDDED_DIR
 
 torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda`` when torch sees no GPU; ``pytest -m cuda`` selects them all
+    (``scripts/gpu_check.sh`` runs them that way on a GPU machine)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible to torch)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 def _square(name: str, side: int) -> Image.Image:
@@ -188,3 +206,171 @@ def on_tile_progress() -> Iterator[Callable[..., _OnTileProgress]]:
     yield install
     for handler in handlers:
         logger.removeHandler(handler)
+
+
+class TcpProxy:
+    """A TCP proxy on loopback that can drop every connection: a storage outage between a client and a server.
+
+    Forwards ``127.0.0.1:<port>`` to ``upstream``, a thread pair per connection.
+
+    Args:
+        upstream: ``(host, port)`` of the server.
+    """
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._down = threading.Event()
+        self._closed = threading.Event()
+        self.dropped = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        """``http://127.0.0.1:<port>``, the endpoint clients use."""
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def down(self) -> None:
+        """Reset every connection, and each new one, until :meth:`up`."""
+        self._down.set()
+        with self._lock:
+            sockets, self._open = list(self._open), set()
+        for sock in sockets:
+            self._reset(sock)
+
+    def up(self) -> None:
+        self._down.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.down()
+        self._listener.close()
+
+    def _reset(self, sock: socket.socket) -> None:
+        """Close ``sock`` with a TCP reset (linger 0), as a dropped connection looks to the client."""
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):
+            sock.close()
+        self.dropped += 1
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._down.is_set():
+                self._reset(client)
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                self._reset(client)
+                continue
+            with self._lock:
+                self._open |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._open -= {source, target}
+            for sock in (source, target):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+@pytest.fixture
+def s3_proxy(s3_options) -> Iterator[TcpProxy]:
+    """A :class:`TcpProxy` in front of the moto server: point a client at ``s3_proxy.address`` and call
+    ``down()``/``up()`` to cut the store off from it and bring it back."""
+    host, port = s3_options["client_kwargs"]["endpoint_url"].rsplit("/", 1)[-1].split(":")
+    proxy = TcpProxy((host, int(port)))
+    yield proxy
+    proxy.close()
+
+
+# Mounts a tmpfs of size $1 on folder $2 in the command's own mount namespace, runs the rest of
+# the command line there, and lists what it left on the tmpfs into "$2.left" (beside the mount).
+_SMALL_TMPFS = (
+    'size=$1 dir=$2; shift 2; mount -t tmpfs -o "size=$size" tmpfs "$dir" || exit 97; '
+    '"$@"; rc=$?; ls -A "$dir" > "$dir.left"; exit $rc'
+)
+
+
+@pytest.fixture(scope="session")
+def small_tmpfs(tmp_path_factory) -> Callable[[Path, str], list[str]]:
+    """``small_tmpfs(folder, size)``: a command prefix that runs a command with a fresh tmpfs of
+    ``size`` (``"4m"``) mounted on ``folder``, in a private mount namespace (nothing outside
+    sees it, and it goes with the command), then writes what the command left on it to
+    ``folder.left``: a real full disk, ENOSPC and all.
+
+    Skips when this machine cannot make mount namespaces (``unshare`` missing, or neither root
+    nor unprivileged user namespaces).
+    """
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed: no private tmpfs for a full disk")
+    flags = "-m" if os.geteuid() == 0 else "-rm"
+
+    def prefix(folder: Path, size: str) -> list[str]:
+        folder.mkdir(parents=True, exist_ok=True)
+        return [unshare, flags, "sh", "-c", _SMALL_TMPFS, "sh", size, str(folder)]
+
+    probe = tmp_path_factory.mktemp("tmpfs-probe") / "mnt"
+    done = subprocess.run([*prefix(probe, "1m"), "true"], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: {done.stderr.strip()[-200:]}")
+    return prefix
+
+
+@pytest.fixture
+def marked_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Callable[[], list[int]]]]:
+    """An environment for a job run in a subprocess, and a function listing the processes that
+    carry it: every process the job starts (a local Ray's GCS, raylet, dashboard, agents and
+    workers) inherits the marker variable, so what is left of the job after it ends is found
+    in ``/proc/*/environ``. ``TMPDIR`` is a folder of the test's; Ray's own files go to a short
+    folder of their own (its socket paths must stay short).
+
+    Skips without ``/proc``.
+    """
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("no /proc: cannot list the processes a job left")
+    marker = f"ULTRASTYLE_TEST_RUN={tmp_path.name}-{os.getpid()}"
+    ray_tmp = Path("/tmp") / f"rt{os.getpid()}{abs(hash(tmp_path)) % 10**6}"
+    (tmp_path / "tmp").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    root = str(Path(__file__).resolve().parents[1])
+    env.update(
+        {
+            marker.split("=")[0]: marker.split("=")[1],
+            "TMPDIR": str(tmp_path / "tmp"),
+            "RAY_TMPDIR": str(ray_tmp),
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        }
+    )
+
+    def processes() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and entry.name != str(os.getpid()):
+                try:
+                    if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                        found.append(int(entry.name))
+                except OSError:  # gone, or not ours to read
+                    continue
+        return found
+
+    yield env, processes
+    shutil.rmtree(ray_tmp, ignore_errors=True)

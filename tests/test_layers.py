@@ -1,4 +1,5 @@
-"""Layering: models/ and the pipeline's math and I/O never import Ray.
+"""Layering: models/ and the pipeline's math and I/O never import Ray, and nothing below jobs/
+parses a command line.
 
 Ray is allowed only in jobs/ and in the pipeline's Ray orchestration modules
 (``pipeline/batch/driver.py``, ``actors.py`` and ``executor.py``). Every other module is checked twice:
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -51,9 +53,14 @@ def _imported_name(node: ast.AST) -> list[str | None]:
     return []
 
 
+def _imports(source: str, wanted: Callable[[str | None], bool]) -> list[int]:
+    """Line numbers of every import in ``source`` of a module name ``wanted`` accepts."""
+    return sorted(node.lineno for node in ast.walk(ast.parse(source)) if any(map(wanted, _imported_name(node))))
+
+
 def _ray_imports(source: str) -> list[int]:
     """Line numbers of every import of ``ray`` or a ``ray.*`` module in ``source``."""
-    return sorted(node.lineno for node in ast.walk(ast.parse(source)) if any(map(_is_ray, _imported_name(node))))
+    return _imports(source, _is_ray)
 
 
 def test_scanner_sees_every_form_of_import() -> None:
@@ -70,6 +77,19 @@ def test_no_static_ray_import() -> None:
         f.relative_to(ROOT).as_posix(): lines for f in files if (lines := _ray_imports(f.read_text(encoding="utf-8")))
     }
     assert not offenders, f"Ray imported outside {RAY_ALLOWED} and jobs/ (file: lines): {offenders}"
+
+
+def test_no_argparse_below_jobs() -> None:
+    """Settings reach models/ and pipeline/ as options objects (pipeline.options), never as an
+    argparse.Namespace: only jobs/ parses command lines."""
+    files = sorted((ROOT / "models").rglob("*.py")) + sorted((ROOT / "pipeline").rglob("*.py"))
+    assert _imports("import argparse\nfrom argparse import Namespace\n", lambda n: n == "argparse") == [1, 2]
+    offenders = {
+        f.relative_to(ROOT).as_posix(): lines
+        for f in files
+        if (lines := _imports(f.read_text(encoding="utf-8"), lambda name: (name or "").split(".")[0] == "argparse"))
+    }
+    assert not offenders, f"argparse imported under models/ or pipeline/ (file: lines): {offenders}"
 
 
 _PROBE = """

@@ -25,12 +25,14 @@ import numpy as np
 import ray
 import torch
 
+from pipeline.batch.transient import is_transient, quiet_storage_faults
 from pipeline.engine.models import load_model_set
 from pipeline.engine.precision import DEFAULT_PRECISION, Precision, tf32_flags
 from pipeline.engine.runner import Mode, RunReport, StyleLevels, StyleStats, load_style, read_content, stylize_file
 from pipeline.engine.stats import FeatureStats
 from pipeline.engine.tiled import level_geometry, round_a_tiles, round_b_tiles
 from pipeline.engine.wct import ColorTransform
+from pipeline.errors import one_line_error
 from pipeline.imaging.canvas import MemoryCanvas
 from pipeline.imaging.chunks import ChunkCanvas, compact, intersection
 from pipeline.imaging.imageio import ImageError
@@ -91,12 +93,18 @@ class CallInfo:
         stats: round A's feature statistics of each tile's core, in the call's tile order.
         report: for an image run in one call, the engine's report (size, mode, tiles and
             seconds per stage, ``write`` included).
+        error: for one image of :meth:`ModelActor.stylize_files`, why it failed (one line;
+            empty when it did not).
+        transient: the failure was a storage fault worth another try
+            (:func:`~pipeline.batch.transient.is_transient`).
     """
 
     worker: str
     seconds: float
     stats: tuple[FeatureStats, ...] = ()
     report: RunReport | None = None
+    error: str = ""
+    transient: bool = False
 
 
 @ray.remote
@@ -125,23 +133,21 @@ def cut_image(
         ImageError: the input is missing, not an image, corrupt, over ``max_pixels``, or
             decodes to another size than its header said.
     """
+    quiet_storage_faults()
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ultrastyle-cut-") as workdir:
-        image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+    # Disk canvases are unlinked files: a worker that fails, or that Ray kills, leaves none behind.
+    image = read_content(content_uri, storage_options, workdir=tempfile.gettempdir(), max_pixels=max_pixels)
+    try:
         if (image.width, image.height) != (width, height):
             raise ImageError(f"{content_uri} decodes to {image.width}x{image.height}, its header says {width}x{height}")
         bounds = Rect(0, 0, height, width)
         cores = [t.core for t in plan_tiles(height, width, tile=tile)]
         canvas, alpha = image.canvas, image.alpha
         header = ImageHeader(width, height, alpha is not None, image.icc_profile, 0.0)
-        del image
-        try:
-            pixels = [compact(canvas.read(core)) for core in cores]
-            alphas = [None if alpha is None else compact(alpha.read(intersection(core, bounds))) for core in cores]
-        finally:
-            canvas.close()
-            if alpha is not None:
-                alpha.close()
+        pixels = [compact(canvas.read(core)) for core in cores]
+        alphas = [None if alpha is None else compact(alpha.read(intersection(core, bounds))) for core in cores]
+    finally:
+        image.close()
     header = dataclasses.replace(header, read_seconds=time.perf_counter() - start)
     return (header, *pixels, *alphas)
 
@@ -172,6 +178,7 @@ def write_chunks(
         quality: JPEG/WebP quality.
         storage_options: passed to the output filesystem.
     """
+    quiet_storage_faults()
     start = time.perf_counter()
     pixels, alphas = chunks[: len(rects)], chunks[len(rects) :]
     canvas = ChunkCanvas(3, *canvas_size(height, width), zip(rects, pixels, strict=True))
@@ -217,6 +224,7 @@ class ModelActor:
         precision: Precision = DEFAULT_PRECISION,
         tile_batch: int | None = None,
     ) -> None:
+        quiet_storage_faults()
         torch.set_num_threads(threads)
         self.models = load_model_set(weights, device=device, storage_options=storage_options, precision=precision,
                                      tile_batch=tile_batch)
@@ -278,6 +286,38 @@ class ModelActor:
             preserve_color=preserve_color,
         )
         return CallInfo(self.worker, time.perf_counter() - start, report=report)
+
+    def stylize_files(
+        self,
+        style: StyleStats | StyleLevels,
+        items: Sequence[tuple[str, str, str | None]],
+        *,
+        mode: Mode,
+        tile: int,
+        alpha: float,
+        max_pixels: int,
+        quality: int,
+        preserve_color: bool = False,
+    ) -> list[CallInfo]:
+        """Several small images in one call, one after another, as :meth:`stylize_file` runs each.
+
+        A batch of small images per call keeps this actor busy without a round trip to the
+        driver per image. An image that fails gets its one-line error in its
+        :class:`CallInfo` and the rest go on.
+
+        Args:
+            style: the statistics every image of the call is stylized with.
+            items: ``(content_uri, output_uri, mask_uri or None)`` per image.
+        """
+        results = []
+        for content_uri, output_uri, mask_uri in items:
+            try:
+                results.append(self.stylize_file(content_uri, style, output_uri, mode=mode, tile=tile, alpha=alpha,
+                                                 max_pixels=max_pixels, quality=quality, mask_uri=mask_uri,
+                                                 preserve_color=preserve_color))
+            except Exception as e:
+                results.append(CallInfo(self.worker, 0.0, error=one_line_error(e), transient=is_transient(e)))
+        return results
 
     def round_a(
         self, level: int, tiles: Sequence[Tile], size: tuple[int, int], rects: Sequence[Rect], *chunks: np.ndarray

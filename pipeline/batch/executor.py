@@ -27,7 +27,7 @@ from typing import Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
 from pipeline.batch.actors import CallInfo, WorkerInfo
 from pipeline.engine.stats import TileStats, TileStatsFold
@@ -36,7 +36,16 @@ from pipeline.engine.wct import ColorTransform
 from pipeline.imaging.chunks import overlapping
 from pipeline.imaging.tiles import Rect, Tile
 
-__all__ = ["Call", "Done", "ModelPool", "NoActorsError", "RayExecutor", "tiles_per_call"]
+__all__ = [
+    "Call",
+    "Done",
+    "JobStopping",
+    "ModelPool",
+    "NoActorsError",
+    "RayExecutor",
+    "get_unless_stopping",
+    "tiles_per_call",
+]
 
 log = logging.getLogger("ultrastyle.batch")
 
@@ -48,6 +57,8 @@ CALLS_PER_ACTOR = 4
 # An actor that was unavailable (being restarted, often on another node) gets no new calls
 # for this long while another actor is available.
 UNAVAILABLE_SECONDS = 30.0
+# How often a wait for Ray looks whether the job is stopping.
+STOP_POLL_SECONDS = 0.5
 
 
 class NoActorsError(RuntimeError):
@@ -55,6 +66,26 @@ class NoActorsError(RuntimeError):
 
     def __init__(self) -> None:
         super().__init__("no model actor is left (all died and Ray gave up restarting them)")
+
+
+class JobStopping(RuntimeError):
+    """The job is stopping (a stop signal): a wait for Ray gave up on what was in flight."""
+
+    def __init__(self) -> None:
+        super().__init__("the job is stopping")
+
+
+def get_unless_stopping(ref: ray.ObjectRef, stop: threading.Event | None) -> Any:
+    """``ray.get(ref)``, giving up with :class:`JobStopping` within :data:`STOP_POLL_SECONDS`
+    of ``stop`` being set (a thread blocked in Ray cannot be interrupted otherwise, and the
+    driver cannot shut Ray down under it)."""
+    while True:
+        try:
+            return ray.get(ref, timeout=None if stop is None else STOP_POLL_SECONDS)
+        except GetTimeoutError:
+            if stop.is_set():
+                ray.cancel(ref)  # a task that is stopped now, while the cluster is up, ends without complaint
+                raise JobStopping from None
 
 
 @dataclass(frozen=True)
@@ -86,10 +117,14 @@ class ModelPool:
     Args:
         actors: the started :class:`~pipeline.batch.actors.ModelActor` handles.
         infos: what each reported from ``describe``.
+        stop: once set, :meth:`run` stops waiting and raises :class:`JobStopping`.
     """
 
-    def __init__(self, actors: Sequence[ActorHandle], infos: Sequence[WorkerInfo]) -> None:
+    def __init__(
+        self, actors: Sequence[ActorHandle], infos: Sequence[WorkerInfo], *, stop: threading.Event | None = None
+    ) -> None:
         self.actors, self.infos = list(actors), list(infos)
+        self._stop = stop
         self._load = [0.0] * len(actors)
         self._alive = [True] * len(actors)
         self._avoid_until = [0.0] * len(actors)
@@ -134,15 +169,23 @@ class ModelPool:
 
         Raises:
             The first failed call's error (the original exception, as Ray re-raises it);
-            :class:`NoActorsError` when no actor is left.
+            :class:`NoActorsError` when no actor is left; :class:`JobStopping` once the
+            pool's ``stop`` is set.
         """
         sent = [self._submit(call) for call in calls]
         pending = {refs[0]: i for i, (_, refs) in enumerate(sent)}
         values: list[Any] = [None] * len(calls)
+        poll = None if self._stop is None else STOP_POLL_SECONDS
         try:
             while pending:
                 keys = list(pending)
-                ready, _ = ray.wait(keys, num_returns=1, fetch_local=False)
+                ready, _ = ray.wait(keys, num_returns=1, fetch_local=False, timeout=poll)
+                if not ready:
+                    if self._stop.is_set():
+                        for ref in keys:  # cancelled now, while the cluster is up: no error logged later
+                            ray.cancel(ref)
+                        raise JobStopping
+                    continue
                 if len(keys) > 1:
                     ready, _ = ray.wait(keys, num_returns=len(keys), timeout=0, fetch_local=False)
                 for ref in ready:

@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pyarrow as pa
 from fsspec.core import url_to_fs
 
 from models import WeightSet
 from models.checkpoint import fetch, sha256_file
 from pipeline.imaging.imageio import output_format
+from pipeline.version import CODE_VERSION_ENV, code_version
 
 __all__ = [
     "CODE_VERSION_ENV",
+    "SettingsBook",
     "changes",
     "code_version",
     "fingerprint",
@@ -35,29 +34,10 @@ __all__ = [
     "weights_digests",
 ]
 
-CODE_VERSION_ENV = "ULTRASTYLE_CODE_VERSION"
 # Formats whose bytes depend on --quality; for the others the flag changes nothing.
 _LOSSY = ("JPEG", "WEBP")
 # Digests are shown this long in a reason: enough to tell two apart at a glance.
 _SHOWN = 12
-
-
-def code_version() -> str:
-    """The code that stylizes: ``$ULTRASTYLE_CODE_VERSION`` (set by the image build), else the
-    package version plus the git commit of the checkout it runs from, else the version alone."""
-    if os.environ.get(CODE_VERSION_ENV):
-        return os.environ[CODE_VERSION_ENV]
-    try:
-        package = version("ultrastyle")
-    except PackageNotFoundError:
-        package = "unknown"
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return package
-    return f"{package}+git.{commit}"
 
 
 def weights_digests(weights: WeightSet, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
@@ -165,3 +145,36 @@ def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         else:
             found.append(f"{key} {_shown(before)} -> {_shown(after)}")
     return found
+
+
+class SettingsBook:
+    """The distinct settings of a run's pairs, each kept once and named by a small id.
+
+    The pairs of a bucket share a handful of settings (one per style and output format; one
+    per content image only with ``--mask``), so a planned pair carries the id, an ``int32``
+    column, instead of its own copy of kilobyte-long JSON.
+
+    Attributes:
+        settings: canonical JSON (:func:`json.dumps` with sorted keys) per id.
+        fingerprints: :func:`fingerprint` per id.
+    """
+
+    def __init__(self) -> None:
+        self.settings: list[str] = []
+        self.fingerprints: list[str] = []
+        self._ids: dict[str, int] = {}
+
+    def add(self, settings: Mapping[str, Any]) -> int:
+        """The id of ``settings`` (a new one the first time they are seen)."""
+        text = json.dumps(settings, sort_keys=True)
+        found = self._ids.get(text)
+        if found is None:
+            found = self._ids[text] = len(self.settings)
+            self.settings.append(text)
+            self.fingerprints.append(fingerprint(settings))
+        return found
+
+    def column(self, ids: pa.Array, *, what: str = "fingerprints") -> pa.Array:
+        """The ``fingerprints`` (or ``settings``) of each id in ``ids``, as a dictionary-encoded column."""
+        values: Sequence[str] = self.fingerprints if what == "fingerprints" else self.settings
+        return pa.DictionaryArray.from_arrays(ids.cast(pa.int32()), pa.array(values, pa.string()))

@@ -1,60 +1,94 @@
-"""The batch job's bookkeeping: which (content, style) pairs to run, and the Parquet manifest.
+"""The batch job's manifest: one Parquet row per (content, style) pair, under ``<output>/_manifest/``.
 
-Every pair gets one output, ``<output>/<content dir>/<content stem>__<style stem>.<ext>``, and
-one manifest row saying how it went. Rows are written as small Parquet files under
-``<output>/_manifest/`` as pairs finish, each file written atomically, so a crash loses at
-most the pairs still in flight and a rerun can tell finished pairs from the rest. Each row
-also records what made its picture (the settings and their fingerprint, see
-:mod:`pipeline.batch.fingerprint`), so a rerun redoes a pair whose settings changed and says why.
-Nothing here knows about Ray: the same functions serve the job, its tests and anyone reading
-a manifest.
+Every pair gets one output, ``<output>/<content dir>/<content stem>__<style stem>.<ext>``
+(:mod:`pipeline.batch.planning`), and one row saying how it went and what made its picture
+(the settings and their fingerprint, see :mod:`pipeline.batch.fingerprint`), so a rerun redoes
+a pair whose settings changed and says why. The manifest is laid out so that a bucket of
+millions of pairs stays a handful of large files:
+
+- ``state/<fold id>-<p>-of-<n>.parquet``: the *current state*, the latest row of every pair
+  any earlier run decided, in ``n`` files of at most :data:`STATE_ROWS` rows each (split by a
+  hash of ``output_uri``);
+- ``runs/<run id>/part-<k>.parquet``: a run's rows as its pairs finish, one small file per
+  flush, each written atomically before the rows are reported, so a crash loses no reported row;
+- ``runs/<run id>/chunk-<k>.parquet``: the same rows compacted, every :data:`COMPACT_PARTS`
+  parts or :data:`COMPACT_ROWS` rows (the parts are then removed); at its end a run leaves one;
+- ``part-<run id>-<k>.parquet`` at the top: the layout of earlier versions, still read.
+
+Whatever files are there, the manifest *means* the latest row (by ``finished_at``, then
+``run_id``) of each ``(content_uri, style_uri, output_uri)`` over all of them, so a file read
+twice (a crash between writing a compacted file and removing what it replaced) changes
+nothing. The next run folds the runs' files into a new state and removes them (see
+:mod:`pipeline.batch.resume`). A pair a run skips adds no row: the row that made its output
+stays the current one. Nothing here knows about Ray: the same functions serve the job, its
+tests and anyone reading a manifest (DuckDB, Spark and pandas read the folder as one dataset).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
-import json
-import posixpath
+import logging
+import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
-from pathlib import PurePosixPath
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from pipeline.batch.fingerprint import changes, fingerprint
-from pipeline.engine.controls import style_stem
-from pipeline.imaging.imageio import ImageError, output_format, write_bytes
+from pipeline.batch.listing import MANIFEST_DIR, iter_keys
+from pipeline.batch.transient import Backoff, is_transient, retry_transient
+from pipeline.errors import one_line_error
+from pipeline.imaging.imageio import local_output, write_bytes
 
 __all__ = [
+    "COMPACT_PARTS",
+    "COMPACT_ROWS",
+    "KEY_COLUMNS",
     "MANIFEST_DIR",
+    "READ_SCHEMA",
+    "ROW_GROUP",
+    "RUNS_DIR",
     "SCHEMA",
+    "STATE_DIR",
+    "STATE_ROWS",
     "STATUSES",
+    "ManifestFiles",
     "ManifestRow",
     "ManifestWriter",
     "Pair",
     "Summary",
-    "existing_files",
     "join_uri",
-    "list_inputs",
+    "latest_rows",
+    "list_manifest",
+    "match_latest",
     "new_run_id",
-    "one_line_error",
-    "plan_pairs",
     "read_manifest",
-    "resume",
-    "summarize",
-    "with_settings",
+    "write_parquet",
 ]
 
-MANIFEST_DIR = "_manifest"
+log = logging.getLogger("ultrastyle.batch")
+
 STATUSES = ("ok", "skipped", "failed")
-# Longest error kept in a row: enough for a URI and a reason, short enough for a table view.
-_ERROR_CHARS = 400
-_DEFAULT_EXT = ".png"
+STATE_DIR, RUNS_DIR = "state", "runs"
+# Rows of one current-state file (a million rows of this schema are ~50 MB of Parquet).
+STATE_ROWS = 1_000_000
+# A run's parts are compacted into one file every this many parts or rows.
+COMPACT_PARTS = 64
+COMPACT_ROWS = 100_000
+# A run's compacted files are merged into one when there are this many.
+CHUNK_FANIN = 16
+# Tries of each manifest write, and the waits between them.
+DEFAULT_BACKOFF = Backoff(tries=4, first=1.0, longest=30.0)
+# Parquet row groups of the large files: big enough for few requests, small enough to stream.
+ROW_GROUP = 131_072
 
 SCHEMA = pa.schema(
     [
@@ -82,6 +116,14 @@ SCHEMA = pa.schema(
         ("reason", pa.string()),
     ]
 )
+KEY_COLUMNS = ("content_uri", "style_uri", "output_uri")
+# Columns with few distinct values (a run id, a handful of settings), read dictionary-encoded:
+# a bucket's ``settings`` JSON is a kilobyte a row as plain strings, a few bytes as indices.
+_DICTIONARY_COLUMNS = ("run_id", "status", "error", "mode", "worker", "model_id", "fingerprint", "settings", "reason")
+_KEY_SCHEMA = pa.schema([(k, pa.string()) for k in KEY_COLUMNS])
+READ_SCHEMA = pa.schema(
+    [pa.field(f.name, pa.dictionary(pa.int32(), pa.string())) if f.name in _DICTIONARY_COLUMNS else f for f in SCHEMA]
+)
 
 
 @dataclass(frozen=True)
@@ -90,12 +132,10 @@ class Pair:
 
     Attributes:
         content_uri, style_uri, output_uri: URIs as the job will use them.
-        error: why the pair cannot run at all (its output key would escape the output
-            prefix, collides with another pair's, or its style cannot be read), empty when
-            it can.
-        settings: what its picture depends on, as canonical JSON (see :func:`with_settings`).
+        error: why the pair cannot run at all (empty when it can).
+        settings: what its picture depends on, as canonical JSON.
         fingerprint: the digest of ``settings``.
-        reason: why this run (re)does it (see :func:`resume`).
+        reason: why this run (re)does it (see :mod:`pipeline.batch.resume`).
     """
 
     content_uri: str
@@ -116,7 +156,8 @@ class ManifestRow:
     """One row of the manifest (see :data:`SCHEMA`).
 
     Attributes:
-        status: ``ok``, ``skipped`` (done by an earlier run, output present) or ``failed``.
+        status: ``ok`` or ``failed`` (``skipped`` is read in manifests of earlier versions,
+            which wrote a row for every pair a rerun skipped).
         error: one line, empty unless failed.
         tiles: tile cores the image was cut into (1 for an image run in one call).
         mode: ``whole``, ``exact`` (in one call) or ``tiled`` (rounds spread over actors).
@@ -127,10 +168,9 @@ class ManifestRow:
         reduce_seconds: time the driver spent merging statistics and building transforms.
         worker: the actor(s) that ran the pair, ``name@node``, comma-separated.
         model_id: the weight set's id.
-        fingerprint, settings: what made the picture (:attr:`Pair.settings`); a skipped row
-            repeats those of the run that made it.
+        fingerprint, settings: what made the picture (:attr:`Pair.settings`).
         reason: why this run ran the pair (``new``, ``overwrite``, ``last run failed``,
-            ``output missing``, ``settings changed: alpha 1.0 -> 0.5``, ...); empty when skipped.
+            ``output missing``, ``settings changed: alpha 1.0 -> 0.5``, ...).
     """
 
     content_uri: str
@@ -170,256 +210,209 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def one_line_error(error: BaseException) -> str:
-    """The manifest's ``error`` text for an exception: its first line, without traceback.
-
-    An exception raised on a Ray worker arrives wrapped, carrying the original in ``cause``;
-    the original's message is the one that names the input and the reason. Image errors are
-    written as is (their message already says what is wrong with which URI); others get
-    their type name in front.
-    """
-    while getattr(error, "cause", None) is not None and error.cause is not error:
-        error = error.cause
-    lines = str(error).splitlines()
-    text = _raised_line(lines)
-    if text is None:
-        first = next((line.strip() for line in lines if line.strip()), "")
-        text = first if isinstance(error, ImageError) else f"{type(error).__name__}: {first}".rstrip(": ")
-    return text[:_ERROR_CHARS]
-
-
-def _raised_line(lines: list[str]) -> str | None:
-    """The ``Type: message`` line after the last frame of a traceback quoted in a message.
-
-    Ray quotes the remote traceback in some errors' text (an actor whose ``__init__``
-    raised, for one) without keeping the exception itself; the line that names what went
-    wrong is the one after the last ``File ...`` frame and its indented source lines.
-    """
-    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
-    if not frames:
-        return None
-    for line in lines[frames[-1] + 1 :]:
-        if line.strip() and not line.startswith(" "):
-            name, sep, message = line.partition(": ")
-            return f"{name.rsplit('.', 1)[-1]}{sep}{message.strip()}"
-    return None
-
-
 def join_uri(base: str, *parts: str) -> str:
     """``base/part/...`` for a local path or URL, without doubling slashes."""
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/"))])
 
 
-def _skipped(relative: str) -> bool:
-    """Hidden files (including our own ``.tmp-*`` partial writes) and manifests are not inputs."""
-    parts = relative.split("/")
-    return parts[-1].startswith(".") or MANIFEST_DIR in parts[:-1]
+# -- reading --------------------------------------------------------------------------------------
 
 
-def list_inputs(
-    input_uri: str, storage_options: dict[str, Any] | None = None, *, exclude_uri: str | None = None
-) -> list[str]:
-    """Every file under ``input_uri`` as a URI of the same form, sorted.
+@dataclass(frozen=True)
+class ManifestFiles:
+    """The Parquet files of a manifest, as the filesystem names them.
 
-    Non-image files are listed too: the job gives each a failed row rather than ignoring it.
-    Hidden files, ``_manifest`` folders and anything under ``exclude_uri`` (the output, when
-    it lies inside the input) are left out.
+    Attributes:
+        uri: the manifest folder's URI.
+        storage_options: passed to fsspec.
+        fs: the filesystem they are on.
+        folder: the manifest folder's path on ``fs``.
+        state: the current-state files.
+        others: every other file (runs' parts and compacted files, the earlier layout).
+    """
+
+    uri: str
+    storage_options: dict[str, Any] | None
+    fs: Any
+    folder: str
+    state: tuple[str, ...]
+    others: tuple[str, ...]
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return self.state + self.others
+
+    def dataset(self) -> ds.Dataset:
+        """Every file as one dataset of :data:`READ_SCHEMA` (missing columns read as nulls)."""
+        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=list(_DICTIONARY_COLUMNS)))
+        return ds.dataset(list(self.paths), schema=READ_SCHEMA, format=fmt, filesystem=self.fs)
+
+    def rows(self, paths: Sequence[str]) -> int:
+        """Rows in ``paths``, from their footers."""
+        if not paths:
+            return 0
+        return ds.dataset(list(paths), format="parquet", filesystem=self.fs).count_rows()
+
+
+def list_manifest(output_uri: str, storage_options: dict[str, Any] | None = None) -> ManifestFiles:
+    """The manifest files under ``<output_uri>/_manifest/`` (none when it does not exist).
 
     Raises:
-        FileNotFoundError: the input holds no file (missing bucket, prefix or folder).
-        OSError: the listing itself failed (unreachable endpoint, access denied); the
-            message names the URI and the cause in one line.
+        OSError: the folder cannot be listed (unreachable endpoint, access denied).
     """
-    fs, root = url_to_fs(input_uri, **(storage_options or {}))
-    root = root.rstrip("/")
-    excluded = url_to_fs(exclude_uri, **(storage_options or {}))[1].rstrip("/") + "/" if exclude_uri else None
+    uri = join_uri(output_uri, MANIFEST_DIR)
+    fs, folder = url_to_fs(uri, **(storage_options or {}))
+    folder = folder.rstrip("/")
+    state, others = [], []
     try:
-        found = fs.find(root)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"input {input_uri} does not exist ({e})") from e
-    except Exception as e:
-        raise OSError(f"cannot list input {input_uri}: {one_line_error(e)}") from e
-    uris = []
-    for path in sorted(found):
-        if excluded and (path + "/").startswith(excluded):
-            continue
-        relative = path[len(root) :].lstrip("/")
-        if relative and not _skipped(relative):
-            uris.append(join_uri(input_uri, relative))
-    if not uris:
-        raise FileNotFoundError(f"input {input_uri} holds no files")
-    return uris
+        for batch in iter_keys(uri, storage_options):
+            for key in batch:
+                if key.endswith(".parquet"):
+                    (state if key.startswith(STATE_DIR + "/") else others).append(f"{folder}/{key}")
+    except FileNotFoundError:
+        pass
+    return ManifestFiles(uri, storage_options, fs, folder, tuple(state), tuple(others))
 
 
-def _extension(content_uri: str, fmt: str | None) -> str:
-    if fmt:
-        ext = "." + fmt.lower().lstrip(".")
-        output_format("x" + ext)  # raises ImageError naming the extension when unsupported
-        return ext
-    ext = PurePosixPath(content_uri).suffix.lower()
-    try:
-        output_format("x" + ext)
-    except ImageError:
-        return _DEFAULT_EXT
-    return ext
+def latest_rows(table: pa.Table) -> pa.Table:
+    """The latest row (by ``finished_at``, then ``run_id``) of each ``(content, style, output)``.
 
+    Args:
+        table: manifest rows (:data:`SCHEMA` or :data:`READ_SCHEMA`), in any order.
 
-def plan_pairs(
-    content_uris: Sequence[str], style_uris: Sequence[str], *, input_uri: str, output_uri: str, fmt: str | None = None
-) -> list[Pair]:
-    """Every (content, style) pair with its output URI, in content-major order.
-
-    The output keeps the content's folder below ``input_uri`` and is named
-    ``<content stem>__<style stem>.<ext>`` (``<stem>+<stem>`` for several styles joined by
-    :func:`pipeline.engine.controls.join_styles`); ``ext`` is ``fmt`` or the content's own extension
-    (PNG when that is not an image format we write).
-
-    A content key with ``.``, ``..`` or empty components would put its output outside the
-    output prefix (S3 keys may hold them literally), and two pairs may map to one output
-    (styles with the same stem); such pairs get an ``error`` instead of running.
+    Returns:
+        One row per key, in no particular order.
     """
-    pairs: list[Pair] = []
-    taken: dict[str, str] = {}
-    base = input_uri.rstrip("/") + "/"
-    for content in content_uris:
-        relative = content[len(base) :] if content.startswith(base) else PurePosixPath(content).name
-        folder, name = posixpath.split(relative)
-        parts = relative.split("/")
-        for style in style_uris:
-            out = join_uri(output_uri, folder, f"{PurePosixPath(name).stem}__{style_stem(style)}")
-            out += _extension(name, fmt)
-            error = ""
-            if any(p in ("", ".", "..") for p in parts):
-                error = f"content key {relative!r} would write outside the output prefix {output_uri}"
-            elif out in taken:
-                error = f"output {out} would overwrite the output of {taken[out]}"
-            else:
-                taken[out] = f"{content} x {style}"
-            pairs.append(Pair(content, style, out, error))
-    return pairs
+    return match_latest(pa.table({k: pa.array([], pa.string()) for k in KEY_COLUMNS}), table)[0]
 
 
-def existing_files(uri: str, storage_options: dict[str, Any] | None = None) -> set[str]:
-    """Filesystem paths (as ``url_to_fs`` strips them) of every file under ``uri``.
+def match_latest(keys: pa.Table, rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The latest row of each pair in ``rows``, and where each pair of ``keys`` finds its own.
 
-    Raises:
-        FileNotFoundError, OSError: the output location cannot be listed (missing bucket,
-            unreachable endpoint); one line naming the URI.
+    One group-by over both tables' key columns does the dedup and the lookup together (it is
+    several times faster than a join on three string columns).
+
+    Args:
+        keys: pairs (the :data:`KEY_COLUMNS`), each at most once.
+        rows: manifest rows, in any order.
+
+    Returns:
+        The latest rows (one per pair, in no particular order), and for each row of ``keys``
+        the index of its pair's latest row among them, -1 when ``rows`` has none.
     """
-    fs, root = url_to_fs(uri, **(storage_options or {}))
-    try:
-        if not fs.exists(root):
-            return set()
-        return set(fs.find(root.rstrip("/")))
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"output {uri} is not reachable ({e})") from e
-    except Exception as e:
-        raise OSError(f"cannot list output {uri}: {one_line_error(e)}") from e
-
-
-def _stripped(uri: str, storage_options: dict[str, Any] | None) -> str:
-    return url_to_fs(uri, **(storage_options or {}))[1]
+    n_keys, n_rows = keys.num_rows, rows.num_rows
+    if n_rows == 0:
+        return rows, np.full(n_keys, -1, np.int64)
+    order = pc.sort_indices(
+        pa.table({"t": rows["finished_at"], "r": rows["run_id"].cast(pa.string())}),
+        sort_keys=[("t", "ascending", "at_start"), ("r", "ascending", "at_start")],
+    )
+    both = pa.concat_tables([keys.select(list(KEY_COLUMNS)).cast(_KEY_SCHEMA),
+                             rows.select(list(KEY_COLUMNS)).take(order).cast(_KEY_SCHEMA)])
+    position = np.arange(n_keys + n_rows, dtype=np.int64)
+    is_key = position < n_keys
+    both = both.append_column("k", pa.array(position, mask=~is_key)).append_column(
+        "r", pa.array(position - n_keys, mask=is_key))
+    groups = both.group_by(list(KEY_COLUMNS), use_threads=False).aggregate([("k", "min"), ("r", "max")])
+    found = groups.filter(pc.is_valid(groups["r_max"]))
+    latest = rows.take(order.take(found["r_max"]))
+    index = np.full(n_keys, -1, np.int64)
+    matched = found.filter(pc.is_valid(found["k_min"]))
+    rank = np.flatnonzero(pc.is_valid(found["k_min"]).to_numpy(zero_copy_only=False))
+    index[matched["k_min"].to_numpy()] = rank
+    return latest, index
 
 
 def read_manifest(output_uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
-    """Every row ever written under ``<output_uri>/_manifest/``, as one table (empty if none)."""
-    fs, root = url_to_fs(join_uri(output_uri, MANIFEST_DIR), **(storage_options or {}))
-    if not fs.exists(root):
-        return SCHEMA.empty_table()
-    tables = []
-    for path in sorted(fs.find(root)):
-        if path.endswith(".parquet") and not posixpath.basename(path).startswith("."):
-            with fs.open(path, "rb") as f:
-                tables.append(pq.read_table(f, schema=SCHEMA))
-    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    """The current manifest: the latest row of every pair, as one :data:`SCHEMA` table sorted by key.
 
-
-def with_settings(pair: Pair, settings: Mapping[str, Any]) -> Pair:
-    """``pair`` carrying ``settings`` (as canonical JSON) and their fingerprint."""
-    return replace(pair, settings=json.dumps(settings, sort_keys=True), fingerprint=fingerprint(settings))
-
-
-def _latest(table: pa.Table) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """The most recent row of each ``(content_uri, style_uri, output_uri)``."""
-    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
-    rows = table.to_pylist()
-    rows.sort(key=lambda r: (r["finished_at"] or dt.datetime.min.replace(tzinfo=dt.timezone.utc), r["run_id"] or ""))
-    for row in rows:
-        latest[(row["content_uri"], row["style_uri"], row["output_uri"])] = row
-    return latest
-
-
-def _redo_reason(pair: Pair, last: dict[str, Any] | None, output_exists: bool) -> str:
-    """Why ``pair`` must run again, or ``""`` when its output is the one this run would write."""
-    if last is None:
-        return "new"
-    if last["status"] not in ("ok", "skipped"):
-        return "last run failed"
-    if not output_exists:
-        return "output missing"
-    if not last["fingerprint"]:
-        return "no settings recorded by the last run"
-    if last["fingerprint"] != pair.fingerprint:
-        changed = changes(json.loads(last["settings"] or "{}"), json.loads(pair.settings or "{}"))
-        return "settings changed: " + ("; ".join(changed) or "fingerprint differs")
-    return ""
-
-
-def resume(
-    pairs: Sequence[Pair],
-    table: pa.Table,
-    existing: set[str],
-    *,
-    overwrite: bool = False,
-    storage_options: dict[str, Any] | None = None,
-) -> tuple[list[Pair], list[ManifestRow]]:
-    """Split the plan into pairs to run (each with its ``reason``) and rows already decided.
-
-    A pair is skipped only when its latest row is ``ok`` (or ``skipped``), its output exists
-    and the row's fingerprint equals the pair's; a pair with a planning ``error`` gets a
-    failed row; ``overwrite`` runs every other pair.
-
-    Args:
-        pairs: from :func:`plan_pairs`, given their settings by :func:`with_settings`.
-        table: from :func:`read_manifest`.
-        existing: from :func:`existing_files` on the output URI.
-        overwrite: redo every pair (``--overwrite``).
-        storage_options: to resolve output URIs to the paths in ``existing``.
+    Reads every layout (current state, runs' files, the earlier layout) in one pass. Meant
+    for a person or a test looking at a manifest that fits in memory; the job itself streams
+    it (:mod:`pipeline.batch.resume`).
     """
-    latest = _latest(table)
-    todo: list[Pair] = []
-    decided: list[ManifestRow] = []
-    for pair in pairs:
-        if pair.error:
-            decided.append(ManifestRow(*pair.key, "failed", error=pair.error, settings=pair.settings,
-                                       fingerprint=pair.fingerprint))
-            continue
-        last = latest.get(pair.key)
-        exists = _stripped(pair.output_uri, storage_options) in existing
-        reason = "overwrite" if overwrite else _redo_reason(pair, last, exists)
-        if reason:
-            todo.append(replace(pair, reason=reason))
-        else:
-            decided.append(ManifestRow(*pair.key, "skipped", width=last["width"], height=last["height"],
-                                       tiles=last["tiles"], mode=last["mode"], worker=last["worker"],
-                                       model_id=last["model_id"], settings=pair.settings,
-                                       fingerprint=pair.fingerprint))
-    return todo, decided
+    files = list_manifest(output_uri, storage_options)
+    if not files.paths:
+        return SCHEMA.empty_table()
+    table = latest_rows(files.dataset().to_table()).cast(SCHEMA)
+    return table.sort_by([(k, "ascending") for k in KEY_COLUMNS])
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    # Without the Arrow schema stored, dictionary-encoded columns read back as plain strings.
+    pq.write_table(table, buf, row_group_size=ROW_GROUP, store_schema=False)
+    return buf.getvalue()
+
+
+def write_parquet(uri: str, tables: Iterable[pa.Table], storage_options: dict[str, Any] | None = None) -> int:
+    """Write ``tables`` (one schema) as one Parquet file at ``uri``, atomically, streaming them.
+
+    Returns:
+        The rows written.
+    """
+    rows = 0
+    with local_output(uri, storage_options) as path:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for table in tables:
+                if writer is None:
+                    writer = pq.ParquetWriter(path, table.schema, store_schema=False)
+                writer.write_table(table, row_group_size=ROW_GROUP)
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
+
+
+def _default(field: pa.Field, n: int) -> pa.Array:
+    """A column of ``n`` of :class:`ManifestRow`'s defaults for ``field`` (empty, 0, or null for a time)."""
+    if pa.types.is_string(field.type):
+        return pa.array([""] * n, field.type)
+    if pa.types.is_integer(field.type) or pa.types.is_floating(field.type):
+        return pa.array(np.zeros(n), field.type)
+    return pa.nulls(n, field.type)
+
+
+def _rows_table(rows: Sequence[ManifestRow] | pa.Table, run_id: str, now: dt.datetime) -> pa.Table:
+    """``rows`` (objects, or a table of some of :data:`SCHEMA`'s columns) as a :data:`SCHEMA`-ordered
+    table stamped with ``run_id``, ``finished_at`` filled, ``settings`` dictionary-encoded."""
+    if not isinstance(rows, pa.Table):
+        rows = pa.Table.from_pylist([{f.name: getattr(r, f.name) for f in fields(r)} for r in rows], schema=SCHEMA)
+    n = rows.num_rows
+    columns = {}
+    for f in SCHEMA:
+        column = rows[f.name].combine_chunks() if f.name in rows.column_names else _default(f, n)
+        if f.name == "settings":
+            column = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+        elif pa.types.is_dictionary(column.type):
+            column = column.cast(f.type)
+        columns[f.name] = column
+    columns["run_id"] = pa.array([run_id] * n, pa.string())
+    columns["finished_at"] = pc.fill_null(columns["finished_at"], pa.scalar(now, SCHEMA.field("finished_at").type))
+    return pa.table(columns)
 
 
 class ManifestWriter:
-    """Appends rows to ``<output_uri>/_manifest/`` as ``part-<run id>-<n>.parquet`` files.
+    """Writes one run's rows under ``<output_uri>/_manifest/runs/<run id>/`` and never stops the job.
 
-    Each :meth:`write` is one small Parquet file written atomically, so every row reported
-    is on storage before the job moves on, and concurrent readers never see half a file.
+    Each :meth:`write` stores the rows given (and any held back) as one Parquet part, written
+    atomically, before returning, so every row the job reports is on storage. Parts are
+    compacted as the run goes (:data:`COMPACT_PARTS`, :data:`COMPACT_ROWS`) and into one file
+    by :meth:`close`. A storage fault never raises out of here: a transient one is retried
+    with backoff; rows that still cannot be written are held and written with the next call
+    once storage is back (calls in between do not wait on a store that is down), and
+    :meth:`close` says what could not be written.
 
     Args:
         output_uri: the job's output prefix.
         run_id: this run's id (from :func:`new_run_id`), stamped on every row.
         storage_options: passed to fsspec.
-        pairs: the pairs this run plans; a row of one of them that does not say its
-            ``settings``, ``fingerprint`` or ``reason`` gets the pair's, so whichever part of
-            the job makes a row, the manifest records what made the picture and why it ran.
+        backoff: tries of each write and the waits between them.
+        clock: seconds for the waits (a test may pass a fake one).
     """
 
     def __init__(
@@ -428,35 +421,143 @@ class ManifestWriter:
         *,
         run_id: str,
         storage_options: dict[str, Any] | None = None,
-        pairs: Iterable[Pair] = (),
+        backoff: Backoff = DEFAULT_BACKOFF,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.folder = join_uri(output_uri, MANIFEST_DIR)
+        self.output_uri = output_uri
+        self.folder = join_uri(output_uri, MANIFEST_DIR, RUNS_DIR, run_id)
         self.run_id = run_id
         self.storage_options = storage_options
-        self._pairs = {pair.key: pair for pair in pairs}
+        self.backoff = backoff
+        self.error = ""
+        self.rows_written = 0
+        self._clock = clock
+        self._pending: list[pa.Table] = []
+        self._held: list[pa.Table] = []
+        self._parts: list[str] = []
+        self._chunks: list[str] = []
         self._count = 0
+        self._failures = 0
+        self._next_try = 0.0
 
-    def write(self, rows: Iterable[ManifestRow]) -> str | None:
-        """Write ``rows`` as one Parquet file; returns its URI (``None`` when there were none)."""
-        now = dt.datetime.now(dt.timezone.utc)
-        records = []
-        for row in rows:
-            row.run_id = self.run_id
-            row.finished_at = row.finished_at or now
-            pair = self._pairs.get((row.content_uri, row.style_uri, row.output_uri))
-            if pair is not None:
-                row.settings = row.settings or pair.settings
-                row.fingerprint = row.fingerprint or pair.fingerprint
-                row.reason = row.reason or pair.reason
-            records.append({f.name: getattr(row, f.name) for f in fields(row)})
-        if not records:
-            return None
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), buf)
-        uri = join_uri(self.folder, f"part-{self.run_id}-{self._count:06d}.parquet")
-        write_bytes(uri, buf.getvalue(), self.storage_options)
+    @property
+    def pending(self) -> int:
+        """Rows not on storage yet."""
+        return sum(t.num_rows for t in self._pending)
+
+    def write(self, rows: Sequence[ManifestRow] | pa.Table) -> bool:
+        """Store ``rows`` (and rows held back) as one part.
+
+        Returns:
+            Whether every row given so far is on storage. When not, the rows are held and
+            :attr:`error` says why; this call has not waited for the store to come back.
+        """
+        table = _rows_table(rows, self.run_id, dt.datetime.now(dt.timezone.utc))
+        if table.num_rows:
+            self._pending.append(table)
+        return self._flush(wait=False)
+
+    def _uri(self, kind: str) -> str:
         self._count += 1
-        return uri
+        return join_uri(self.folder, f"{kind}-{self._count:06d}.parquet")
+
+    def _store(self, uri: str, tables: Sequence[pa.Table]) -> None:
+        data = _parquet_bytes(pa.concat_tables(tables))
+        retry_transient(lambda: write_bytes(uri, data, self.storage_options), backoff=self.backoff,
+                        what=f"manifest write {uri}")
+
+    def _flush(self, *, wait: bool) -> bool:
+        if not self._pending:
+            return True
+        if not wait and self._clock() < self._next_try:
+            return False
+        uri = self._uri("part")
+        try:
+            self._store(uri, self._pending)
+        except Exception as e:
+            self._failures += 1
+            self._next_try = self._clock() + self.backoff.wait(self._failures)
+            if not self.error:
+                kind = "storage fault" if is_transient(e) else "error"
+                log.warning("manifest: %s writing %s (%s); %d rows held, written once it succeeds", kind, uri,
+                            one_line_error(e), self.pending)
+            self.error = one_line_error(e)
+            return False
+        if self.error:
+            log.warning("manifest: writes succeed again; %d held rows written", self.pending)
+        self.error, self._failures = "", 0
+        self.rows_written += self.pending
+        self._held += self._pending
+        self._parts.append(uri)
+        self._pending = []
+        if len(self._parts) >= COMPACT_PARTS or sum(t.num_rows for t in self._held) >= COMPACT_ROWS:
+            self._compact()
+        return True
+
+    def _remove(self, uris: Sequence[str]) -> None:
+        """Remove files whose rows are in a file written since (a file left behind is read twice, harmlessly)."""
+        fs, _ = url_to_fs(self.folder, **(self.storage_options or {}))
+        for uri in uris:
+            try:
+                fs.rm_file(url_to_fs(uri, **(self.storage_options or {}))[1])
+            except Exception as e:
+                log.debug("manifest: could not remove %s (%s)", uri, one_line_error(e))
+
+    def _compact(self) -> None:
+        """The parts written since the last compaction as one file (rows held in memory); then,
+        when there are :data:`CHUNK_FANIN` such files, those as one."""
+        if len(self._parts) > 1:
+            uri = self._uri("chunk")
+            try:
+                self._store(uri, self._held)
+            except Exception as e:  # the parts stay; compacting is only an optimisation
+                log.debug("manifest: compacting into %s failed (%s)", uri, one_line_error(e))
+                return
+            self._remove(self._parts)
+            self._chunks.append(uri)
+        else:
+            self._chunks += self._parts
+        self._held, self._parts = [], []
+        if len(self._chunks) >= CHUNK_FANIN:
+            self._merge_chunks()
+
+    def _merge_chunks(self) -> None:
+        fs, _ = url_to_fs(self.folder, **(self.storage_options or {}))
+        paths = [url_to_fs(uri, **(self.storage_options or {}))[1] for uri in self._chunks]
+        uri = self._uri("chunk")
+        try:
+            batches = ds.dataset(paths, schema=SCHEMA, format="parquet", filesystem=fs).to_batches()
+            write_parquet(uri, (pa.Table.from_batches([b]) for b in batches), self.storage_options)
+        except Exception as e:
+            log.debug("manifest: merging into %s failed (%s)", uri, one_line_error(e))
+            return
+        self._remove(self._chunks)
+        self._chunks = [uri]
+
+    def close(self, *, patience: float = 300.0) -> bool:
+        """Write what is held, waiting up to ``patience`` seconds for storage, and compact the run into one file.
+
+        Returns:
+            Whether every row is on storage (when not, :meth:`save_local` keeps them).
+        """
+        deadline = self._clock() + patience
+        while not self._flush(wait=True) and self._clock() < deadline:
+            time.sleep(max(0.0, min(self._next_try, deadline) - self._clock()))
+        if self._pending:
+            return False
+        self._compact()
+        if len(self._chunks) > 1:
+            self._merge_chunks()
+        return True
+
+    def save_local(self, folder: str = ".") -> str:
+        """Write the rows not on storage to ``<folder>/ultrastyle-manifest-<run id>.parquet``; its path."""
+        path = os.path.join(folder, f"ultrastyle-manifest-{self.run_id}.parquet")
+        pq.write_table(pa.concat_tables(self._pending), path, store_schema=False)
+        return path
+
+
+# -- the run's closing line -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -479,14 +580,3 @@ class Summary:
             f"{self.pairs} pairs: {self.ok} ok, {self.skipped} skipped, {self.failed} failed; "
             f"{self.megapixels:.2f} MP stylized in {self.seconds:.1f} s ({rate:.3f} MP/s)"
         )
-
-
-def summarize(rows: Iterable[ManifestRow], seconds: float) -> Summary:
-    """Count ``rows`` by status; megapixels are those stylized in this run (``ok`` rows)."""
-    counts = dict.fromkeys(STATUSES, 0)
-    megapixels = 0.0
-    for row in rows:
-        counts[row.status] += 1
-        if row.status == "ok":
-            megapixels += row.megapixels
-    return Summary(counts["ok"], counts["skipped"], counts["failed"], megapixels, seconds)

@@ -5,36 +5,42 @@ started actors, read images and spent minutes: each check here turns one way a r
 doomed (a format we cannot write, an output location we cannot write to, weights that are not
 there, a style that cannot be read, actors the cluster cannot place) into one exception whose
 message names the flag or URI and says what to change. The CLI prints it as
-``ultrastyle stylize: error: ...`` and exits 2 for a :class:`UsageError`, 1 for the rest.
+``ultrastyle stylize: error: ...`` and exits 2 for a :class:`UsageError` or an
+:class:`~pipeline.options.OptionError`, 1 for the rest.
 Nothing here knows about Ray: the cluster's nodes come in as plain resource dicts.
 """
 
 from __future__ import annotations
 
-import argparse
+import concurrent.futures
 import contextlib
 import logging
 import os
 import posixpath
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from models import WeightSet, resolve_weights
-from pipeline.batch.fingerprint import code_version, pair_settings, style_digest, weights_digests
-from pipeline.batch.manifest import Pair, join_uri, one_line_error, with_settings
+from pipeline.batch.fingerprint import SettingsBook, code_version, pair_settings, style_digest, weights_digests
+from pipeline.batch.manifest import join_uri
 from pipeline.engine.controls import control_settings, join_styles, mask_for, split_styles
 from pipeline.engine.models import check_cascade_levels
+from pipeline.errors import LocationError, one_line_error
 from pipeline.imaging.imageio import ImageError, check_pixels, image_size, output_format, write_bytes
+from pipeline.options import BatchOptions, OptionError
 
 __all__ = [
     "BatchChecks",
     "StyleCheck",
     "UsageError",
+    "check_actor_device",
     "check_batch",
     "check_format",
     "check_output_location",
@@ -46,6 +52,8 @@ __all__ = [
 
 log = logging.getLogger("ultrastyle.preflight")
 
+# Mask files whose digest is read at once (I/O bound: on S3 each is a request).
+_MASK_THREADS = 16
 # The probe's name starts with a dot, so listings of inputs and outputs never see it.
 _PROBE = ".ultrastyle-probe-"
 
@@ -54,18 +62,38 @@ class UsageError(ValueError):
     """A flag's value is wrong in itself (the CLI exits 2, as argparse does)."""
 
 
-def check_format(fmt: str | None) -> None:
-    """Refuse a ``--format`` we cannot write.
+def check_actor_device(device: str, gpus_per_worker: float | None) -> None:
+    """Refuse a ``device`` the batch job's model actors cannot honour.
+
+    Each actor runs on CUDA when it reserves GPUs and on the CPU otherwise, and Ray picks its
+    GPU, so ``cuda:N`` has no meaning here, and ``cpu`` with GPUs or ``cuda`` without any
+    contradict each other.
 
     Raises:
-        UsageError: naming the flag and the formats we write.
+        OptionError: naming ``device`` (and ``gpus_per_worker``) and what arrived.
+    """
+    if device.startswith("cuda:"):
+        raise OptionError("device", f"{device}: Ray gives each model actor its GPU, so the batch job takes auto, "
+                          "cpu or cuda")
+    if device == "cpu" and gpus_per_worker:
+        raise OptionError(("device", "gpus_per_worker"), "do not go together: CPU actors would leave their GPUs "
+                          f"idle, got cpu and {gpus_per_worker:g}")
+    if device == "cuda" and gpus_per_worker == 0:
+        raise OptionError(("device", "gpus_per_worker"), "do not go together: CUDA actors need a GPU, got cuda and 0")
+
+
+def check_format(fmt: str | None) -> None:
+    """Refuse an output ``format`` we cannot write.
+
+    Raises:
+        OptionError: naming ``format`` and the formats we write.
     """
     if fmt is None:
         return
     try:
         output_format("x." + fmt.lower().lstrip("."))
     except ImageError as e:
-        raise UsageError(f"--format {fmt!r}: {str(e).split(': ', 1)[-1]}") from e
+        raise OptionError("format", f"{fmt!r}: {str(e).split(': ', 1)[-1]}") from e
 
 
 def check_output_location(uri: str, storage_options: dict[str, Any] | None = None, *, folder: bool = True) -> None:
@@ -77,7 +105,7 @@ def check_output_location(uri: str, storage_options: dict[str, Any] | None = Non
         folder: whether ``uri`` is a prefix.
 
     Raises:
-        OSError: the location is unreachable or not writable (missing bucket, read-only
+        LocationError: the location is unreachable or not writable (missing bucket, read-only
             folder, denied); one line naming ``uri``.
     """
     base = uri if folder else (posixpath.dirname(uri.rstrip("/")) or ".")
@@ -93,7 +121,7 @@ def check_output_location(uri: str, storage_options: dict[str, Any] | None = Non
         write_bytes(probe, b"", storage_options)
         fs.rm_file(path)
     except Exception as e:
-        raise OSError(f"output {uri} is not writable: {one_line_error(e)}") from e
+        raise LocationError(f"output {uri} is not writable: {one_line_error(e)}") from e
     finally:
         for folder in created:
             with contextlib.suppress(OSError):
@@ -167,67 +195,101 @@ class BatchChecks:
             ``<publish>/latest`` moved after the check does not reach them.
         weights: each weights file's digest, for the fingerprint.
         styles: each style's check.
+        code: the code version (:func:`~pipeline.batch.fingerprint.code_version`).
     """
 
     weight_set: WeightSet
     weights: dict[str, str]
     styles: dict[str, StyleCheck]
+    code: str = ""
 
     @property
     def model_id(self) -> str:
         return self.weight_set.model_id
 
-    def stamp(self, pairs: Sequence[Pair], args: argparse.Namespace) -> list[Pair]:
-        """Give each pair its settings (:func:`~pipeline.batch.fingerprint.pair_settings`), and an
-        ``error`` when its style cannot be read."""
-        code = code_version()
-        stamped = []
-        for pair in pairs:
-            styles = [self.styles[uri] for uri in split_styles(pair.style_uri)]
+    def stamp(self, pairs: pa.Table, options: BatchOptions, book: SettingsBook) -> pa.Table:
+        """Give each planned pair its settings (:func:`~pipeline.batch.fingerprint.pair_settings`) as an id in
+        ``book``, and a ``refusal`` when its style (or its mask) cannot be read.
+
+        The pairs of a bucket share a few settings (one per style and output format, one per
+        content image only with ``--mask``): each distinct one is built once.
+
+        Args:
+            pairs: a :data:`~pipeline.batch.planning.PAIR_SCHEMA` table.
+            options: the job (its style options shape the settings; masks are found below its input).
+            book: where the distinct settings are kept.
+
+        Returns:
+            ``pairs`` with an ``int32`` column ``group`` and a string column ``refusal`` (null when fine).
+        """
+        found = pc.extract_regex(pairs["output_uri"], r"(?P<ext>\.[^./]*)$").combine_chunks()
+        extension = pc.utf8_lower(pc.fill_null(found.field("ext"), ""))
+        style_options = options.style_options
+        masks = self._mask_digests(pairs["content_uri"], options) if style_options.mask is not None else None
+        parts = [pairs["style_uri"], extension] + ([masks[0]] if masks is not None else [])
+        combos = pc.dictionary_encode(pc.binary_join_element_wise(*parts, "\n").combine_chunks())
+        groups, refusals = [], []
+        for combo in combos.dictionary.to_pylist():
+            style_key, ext, *mask = combo.split("\n")
+            styles = [self.styles[uri] for uri in split_styles(style_key)]
+            controls = control_settings(style_weights=style_options.style_weights, mask=mask[0] if mask else None,
+                                        preserve_color=style_options.preserve_color)
+            groups.append(book.add(pair_settings(
+                model_id=self.model_id, weights=self.weights, alpha=style_options.alpha,
+                style_size=style_options.style_size, mode=style_options.mode, quality=style_options.quality,
+                style=join_styles([style.digest for style in styles]), output_uri="x" + ext, code=self.code,
+                precision=style_options.precision, controls=controls,
+            )))
             failed = next((style.error for style in styles if style.error), "")
-            if failed and not pair.error:
-                pair = replace(pair, error=f"style image failed: {failed}")
-            controls, mask_error = _pair_controls(pair, args)
-            if mask_error and not pair.error:
-                pair = replace(pair, error=mask_error)
-            settings = pair_settings(model_id=self.model_id, weights=self.weights, alpha=args.alpha,
-                                     style_size=args.style_size, mode=args.mode, quality=args.quality,
-                                     style=join_styles([style.digest for style in styles]),
-                                     output_uri=pair.output_uri, code=code, precision=args.precision,
-                                     controls=controls)
-            stamped.append(with_settings(pair, settings))
-        return stamped
+            refusals.append(f"style image failed: {failed}" if failed else None)
+        group = pc.take(pa.array(groups, pa.int32()), combos.indices)
+        refusal = pc.take(pa.array(refusals, pa.string()), combos.indices)
+        if masks is not None:
+            refusal = pc.coalesce(refusal, masks[1])
+        return pairs.append_column("group", group).append_column("refusal", refusal)
+
+    @staticmethod
+    def _mask_digests(contents: pa.ChunkedArray, options: BatchOptions) -> tuple[pa.Array, pa.Array]:
+        """Each pair's mask digest (``missing`` when it cannot be read) and why it cannot be used (else
+        null), read once per content image, several at a time."""
+        unique = pc.dictionary_encode(contents.combine_chunks())
+
+        mask_uri, storage_options = options.style_options.mask, options.style_options.storage_options
+
+        def digest(content: str) -> tuple[str, str | None]:
+            uri = mask_for(content, input_uri=options.input_uri, mask_uri=mask_uri)
+            try:
+                return style_digest(uri, storage_options), None
+            except Exception as e:
+                return "missing", f"--mask: no mask {uri} for {content} ({one_line_error(e)})"
+
+        with concurrent.futures.ThreadPoolExecutor(_MASK_THREADS) as pool:
+            found = list(pool.map(digest, unique.dictionary.to_pylist()))
+        digests = pa.array([d for d, _ in found], pa.string())
+        errors = pa.array([e for _, e in found], pa.string())
+        return pc.take(digests, unique.indices), pc.take(errors, unique.indices)
 
 
-def _pair_controls(pair: Pair, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    """A pair's control settings, and why its mask cannot be used (empty when it can)."""
-    digest, error = None, ""
-    if getattr(args, "mask", None):
-        uri = mask_for(pair.content_uri, input_uri=args.input_uri, mask_uri=args.mask)
-        try:
-            digest = style_digest(uri, args.storage_options)
-        except Exception as e:
-            digest, error = "missing", f"--mask: no mask {uri} for {pair.content_uri} ({one_line_error(e)})"
-    controls = control_settings(style_weights=getattr(args, "style_weights", None), mask=digest,
-                                preserve_color=getattr(args, "preserve_color", False))
-    return controls, error
-
-
-def check_batch(args: argparse.Namespace) -> BatchChecks:
-    """The batch job's checks, cheapest first: output writable, weights verified, styles readable.
+def check_batch(options: BatchOptions, *, probe_output: bool = True) -> BatchChecks:
+    """The batch job's checks, cheapest first: output format known, output writable, weights
+    verified, styles readable.
 
     Args:
-        args: parsed ``jobs.stylize`` flags (``output``, ``weights``, ``style``,
-            ``max_pixels``, ``storage_options``).
+        options: the job.
+        probe_output: write (and remove) a probe where outputs go; a dry run writes nothing.
 
     Raises:
+        OptionError: an output ``format`` we cannot write (:func:`check_format`).
         OSError, WeightsError, ImageError: one line, see :func:`check_output_location`,
             :func:`check_weights` and :func:`check_styles`.
     """
-    check_output_location(args.output, args.storage_options)
-    weights, digests = check_weights(args.weights, args.storage_options)
-    styles = check_styles(args.style, args.storage_options, max_pixels=args.max_pixels)
-    return BatchChecks(weights, digests, styles)
+    style_options = options.style_options
+    check_format(options.format)
+    if probe_output:
+        check_output_location(options.output_uri, style_options.storage_options)
+    weights, digests = check_weights(style_options.weights, style_options.storage_options)
+    styles = check_styles(options.style_uris, style_options.storage_options, max_pixels=style_options.max_pixels)
+    return BatchChecks(weights, digests, styles, code_version())
 
 
 def default_workers(nodes: Sequence[Mapping[str, float]], *, cpus: float, gpus: float, io_cpus: float) -> int:

@@ -43,7 +43,6 @@ __all__ = [
     "STYLE_SEPARATOR",
     "StyleLevel",
     "check_mask_size",
-    "check_weights",
     "control_settings",
     "join_styles",
     "keep_chroma",
@@ -51,7 +50,6 @@ __all__ = [
     "level_transform",
     "mask_canvas",
     "mask_for",
-    "parse_weights",
     "read_mask",
     "region_labels",
     "region_stats",
@@ -116,32 +114,6 @@ def control_settings(
     if preserve_color:
         found["preserve_color"] = True
     return found
-
-
-def parse_weights(text: str) -> tuple[float, ...]:
-    """``"0.7,0.3"`` -> ``(0.7, 0.3)`` (the ``--style-weights`` value; :func:`check_weights` checks it).
-
-    Raises:
-        ValueError: not comma-separated numbers (the message names ``--style-weights``).
-    """
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError as e:
-        raise ValueError(f"--style-weights must be comma-separated numbers, got {text!r}") from e
-
-
-def check_weights(weights: Sequence[float], styles: int) -> None:
-    """Refuse blend weights that are not one per style, or not non-negative with a positive sum.
-
-    Raises:
-        ValueError: the first problem, in one line naming ``--style-weights``.
-    """
-    shown = ",".join(f"{w:g}" for w in weights)
-    if len(weights) != styles:
-        raise ValueError(f"--style-weights has {len(weights)} values ({shown}) for {styles} --style images: "
-                         "give one per style")
-    if not all(np.isfinite(weights)) or min(weights) < 0 or not sum(weights) > 0:
-        raise ValueError(f"--style-weights must be non-negative with a positive sum, got {shown}")
 
 
 def style_levels(

@@ -8,14 +8,16 @@ from typing import Any
 import torch
 
 from models import Decoder, Encoder, WeightsError, WeightSet, resolve_weights, small_decoder, small_encoder
+from pipeline.engine.device import resolve_device
 from pipeline.engine.precision import DEFAULT_PRECISION, Precision, apply_precision, model_dtype
+from pipeline.options import OptionError, StyleOptions
 
-__all__ = ["CASCADE", "DEFAULT_TILE_BATCH", "ModelSet", "check_cascade_levels", "load_model_set"]
+__all__ = ["CASCADE", "DEFAULT_TILE_BATCH", "ModelSet", "check_cascade_levels", "load_model_set", "load_models"]
 
 # Levels in the order the cascade applies them (coarse style first, as in WCT).
 CASCADE = (5, 4, 3, 2, 1)
 # Equal-size tile regions per network call, by device type, when the caller does not say.
-# On the CPU one tile already fills the cores and batching measured no faster (README); on a GPU
+# On the CPU one tile already fills the cores and batching measured no faster (docs/benchmarks.md); on a GPU
 # one tile of the small networks leaves most of it idle.
 DEFAULT_TILE_BATCH = {"cpu": 1, "cuda": 4}
 
@@ -72,7 +74,9 @@ def load_model_set(
         levels: which levels to load; must all be in the weight set. By default all of
             :data:`CASCADE`, which the stylize cascade needs: a weight set without them is
             refused rather than quietly stylizing with fewer levels.
-        device: where the modules live.
+        device: where the modules live: ``auto`` (CUDA when torch sees a GPU), ``cpu``,
+            ``cuda``, ``cuda:N`` or a :class:`torch.device`, resolved by
+            :func:`~pipeline.engine.device.resolve_device`.
         storage_options: passed to the weights' filesystem.
         precision: one of :data:`~pipeline.engine.precision.PRECISIONS` (``--precision``): the
             modules are cast to its dtype, and this process's TF32 switches are set for it
@@ -82,13 +86,14 @@ def load_model_set(
 
     Raises:
         WeightsError: ``levels`` is not given and the weight set lacks some of levels 1-5.
-        ValueError: ``precision`` is not a known mode, or ``tile_batch`` is less than 1.
+        OptionError: ``precision`` is not a known mode, ``tile_batch`` is less than 1, or
+            ``device`` is not a device form or asks for CUDA where there is none.
     """
     dtype = model_dtype(precision)
-    device = torch.device(device)
+    device = torch.device(resolve_device(device))
     tile_batch = DEFAULT_TILE_BATCH.get(device.type, 1) if tile_batch is None else tile_batch
     if tile_batch < 1:
-        raise ValueError(f"tile_batch must be at least 1, got {tile_batch}")
+        raise OptionError("tile_batch", f"must be at least 1, got {tile_batch}")
     wset = weights if isinstance(weights, WeightSet) else resolve_weights(weights, storage_options)
     if levels is None:
         check_cascade_levels(wset, weights if isinstance(weights, str) else wset.model_id)
@@ -100,3 +105,10 @@ def load_model_set(
         module.to(device, dtype, memory_format=torch.channels_last).requires_grad_(False)
     apply_precision(precision)
     return ModelSet(encoders, decoders, wset.model_id, device, precision, tile_batch)
+
+
+def load_models(options: StyleOptions) -> ModelSet:
+    """The model set ``options`` asks for: its weights, device, precision and tile batch
+    (see :func:`load_model_set`)."""
+    return load_model_set(options.weights, device=options.device, storage_options=options.storage_options,
+                          precision=options.precision, tile_batch=options.tile_batch)

@@ -7,7 +7,7 @@ the CPU it is the same as ``fp32``). ``bf16`` and ``fp16`` cast the modules to t
 so the convolutions run in it; everything between the networks stays as in ``fp32``: the
 feature statistics and the transforms are built in float64, and tiles, features and
 canvases are float32 between levels (:func:`pipeline.engine.cascade.encode` casts at the model's
-edges). The README gives each mode's PSNR against the fp32 whole-image result.
+edges). docs/benchmarks.md gives each mode's PSNR against the fp32 whole-image result.
 
 The TF32 switches are process-wide, so :func:`apply_precision` is called in every process
 that runs a model: the in-process engine (via :func:`pipeline.engine.models.load_model_set`) and
@@ -16,29 +16,14 @@ each Ray model actor, which loads its models the same way.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
+
+from pipeline.options import DEFAULT_PRECISION, PRECISIONS, Precision, check_precision
 
 __all__ = ["DEFAULT_PRECISION", "PRECISIONS", "Precision", "apply_precision", "check_precision", "model_dtype",
            "tf32_flags"]
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-Precision = Literal["fp32", "tf32", "bf16", "fp16"]
-DEFAULT_PRECISION: Precision = "fp32"
-
 _DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_precision(precision: str) -> Precision:
-    """Return ``precision`` when it is one of :data:`PRECISIONS`.
-
-    Raises:
-        ValueError: one line naming ``--precision``, the allowed values and what arrived.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision  # type: ignore[return-value]
 
 
 def model_dtype(precision: str) -> torch.dtype:

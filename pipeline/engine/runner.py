@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from pipeline.imaging.imageio import (
 )
 from pipeline.imaging.output import write_canvas
 from pipeline.imaging.tiles import Rect, canvas_size, plan_tiles
+from pipeline.options import DEFAULT_QUALITY, DEFAULT_TILE, MODES, Mode, check_mode
 
 __all__ = [
     "MODES",
@@ -42,12 +43,11 @@ __all__ = [
     "StyleStats",
     "choose_mode",
     "load_style",
+    "style_from_rgb",
     "stylize_file",
     "stylize_image",
 ]
 
-MODES = ("auto", "whole", "exact", "thumbnail")
-Mode = Literal["auto", "whole", "exact", "thumbnail"]
 StyleStats = dict[int, FeatureStats]
 # What the cascade colours with per level: one style's statistics, a blend, or one per mask label.
 StyleLevels = dict[int, StyleLevel]
@@ -79,7 +79,21 @@ def load_style(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> StyleStats:
     """Read a style image, optionally resize its longer side to ``style_size``, and return its statistics."""
-    image = to_tensor(read_image(uri, storage_options, max_pixels=max_pixels).rgb)
+    return style_from_rgb(read_image(uri, storage_options, max_pixels=max_pixels).rgb, models, style_size=style_size)
+
+
+def style_from_rgb(rgb: np.ndarray, models: ModelSet, *, style_size: int | None = None) -> StyleStats:
+    """Statistics of a style image in memory, its longer side first resized to ``style_size``.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8, or float32 in [0, 1]; both sides at least 32 px (after the resize).
+        models: the encoders the statistics are taken with.
+        style_size: the longer side's length in pixels (antialiased bilinear); ``None`` keeps it.
+
+    Returns:
+        Feature statistics (float64) per level of ``models``.
+    """
+    image = to_tensor(rgb)
     if style_size:
         h, w = image.shape[-2:]
         factor = style_size / max(h, w)
@@ -90,9 +104,7 @@ def load_style(
 
 def choose_mode(mode: Mode, height: int, width: int, tile: int) -> str:
     """``auto`` -> ``whole`` when the padded image fits in one tile, else ``exact``."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode != "auto":
+    if check_mode(mode) != "auto":
         return mode
     ch, cw = canvas_size(height, width)
     return "whole" if max(ch, cw) <= tile else "exact"
@@ -104,7 +116,7 @@ def stylize_image(
     models: ModelSet,
     *,
     mode: Mode = "auto",
-    tile: int = 1024,
+    tile: int = DEFAULT_TILE,
     alpha: float = 1.0,
     workdir: str | None = None,
     on_level: LevelCallback | None = None,
@@ -137,18 +149,20 @@ def stylize_image(
     else:
         owned = isinstance(image, LoadedImage)
         source = canvas_from_array(image.rgb, workdir=workdir) if owned else image.canvas
-        if chosen == "exact":
-            canvas = stylize_exact(
-                source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
-                on_tile=on_tile, mask=mask, preserve_color=preserve_color,
-            )
-        else:
-            canvas = stylize_thumbnail(
-                source, h, w, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
-                on_tile=on_tile, mask=mask, preserve_color=preserve_color,
-            )
-        if owned:
-            source.close()
+        try:
+            if chosen == "exact":
+                canvas = stylize_exact(
+                    source, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
+                    on_tile=on_tile, mask=mask, preserve_color=preserve_color,
+                )
+            else:
+                canvas = stylize_thumbnail(
+                    source, h, w, style_stats, models, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
+                    on_tile=on_tile, mask=mask, preserve_color=preserve_color,
+                )
+        finally:
+            if owned:
+                source.close()
         tiles = len(plan_tiles(h, w, tile=tile))
     report = RunReport(w, h, chosen, tiles, {"stylize": time.perf_counter() - start})
     return canvas, report
@@ -168,10 +182,10 @@ def stylize_file(
     models: ModelSet,
     *,
     mode: Mode = "auto",
-    tile: int = 1024,
+    tile: int = DEFAULT_TILE,
     alpha: float = 1.0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    quality: int = 95,
+    quality: int = DEFAULT_QUALITY,
     storage_options: dict[str, Any] | None = None,
     on_level: LevelCallback | None = None,
     on_tile: TileCallback | None = None,
@@ -190,25 +204,27 @@ def stylize_file(
         raise ValueError("a mask needs one colouring per style (style_levels(..., masked=True)) and vice versa")
     start = time.perf_counter()
     check_output(output_uri, *image_size(content_uri, storage_options))
-    with tempfile.TemporaryDirectory(prefix="ultrastyle-") as workdir:
-        image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
-        mask = None
+    workdir = tempfile.gettempdir()  # the canvases are unlinked files: nothing stays there (see DiskCanvas)
+    image = read_content(content_uri, storage_options, workdir=workdir, max_pixels=max_pixels)
+    mask = None
+    try:
+        if mask_uri is not None:
+            mask = read_mask(mask_uri, height=image.height, width=image.width, styles=labels, workdir=workdir,
+                             storage_options=storage_options, max_pixels=max_pixels)
+        read_s = time.perf_counter() - start
+        canvas, report = stylize_image(
+            image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
+            on_tile=on_tile, mask=mask, preserve_color=preserve_color,
+        )
+        start = time.perf_counter()
         try:
-            if mask_uri is not None:
-                mask = read_mask(mask_uri, height=image.height, width=image.width, styles=labels, workdir=workdir,
-                                 storage_options=storage_options, max_pixels=max_pixels)
-            read_s = time.perf_counter() - start
-            canvas, report = stylize_image(
-                image, style_stats, models, mode=mode, tile=tile, alpha=alpha, workdir=workdir, on_level=on_level,
-                on_tile=on_tile, mask=mask, preserve_color=preserve_color,
-            )
-            start = time.perf_counter()
             write_result(output_uri, canvas, image, quality=quality, storage_options=storage_options)
-            canvas.close()
         finally:
-            image.close()
-            if mask is not None:
-                mask.close()
+            canvas.close()
+    finally:
+        image.close()
+        if mask is not None:
+            mask.close()
     report.seconds = {"read": read_s, **report.seconds, "write": time.perf_counter() - start}
     return report
 
@@ -218,7 +234,7 @@ def write_result(
     canvas: Canvas,
     image: LoadedImage | StreamedImage,
     *,
-    quality: int = 95,
+    quality: int = DEFAULT_QUALITY,
     storage_options: dict[str, Any] | None = None,
 ) -> None:
     """Write the stylized ``canvas`` of ``image`` with the input's alpha and ICC profile."""

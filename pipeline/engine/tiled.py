@@ -459,6 +459,14 @@ class CanvasExecutor:
             image.close()
         self.image = out
 
+    def close(self) -> None:
+        """Release the canvases this executor made (the current level's image and cached
+        features; never the input): a failed or stopped run gives their disk back at once."""
+        for canvas in (self._features, self.image):
+            if canvas is not None and canvas is not self._input:
+                canvas.close()
+        self._features, self.image = None, self._input
+
 
 def tile_rounds(tiles: int, levels: int, *, exact: bool) -> int:
     """Tile rounds a cascade runs: the total that progress counts :class:`TileCallback` calls against."""
@@ -504,7 +512,17 @@ def stylize_exact(
     labels = label_count(next(iter(style_stats.values())))
     executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile, mask=mask, labels=labels,
                               preserve_color=preserve_color)
-    run_levels(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, on_level=on_level)
+    return _run_in_process(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, on_level=on_level)
+
+
+def _run_in_process(executor: CanvasExecutor, *args: Any, **kwargs: Any) -> Canvas:
+    """:func:`run_levels` on ``executor``, returning its output canvas; a failure or a stop
+    releases its canvases before going on up."""
+    try:
+        run_levels(executor, *args, **kwargs)
+    except BaseException:
+        executor.close()
+        raise
     return executor.image
 
 
@@ -592,7 +610,7 @@ def stylize_thumbnail(
     The thumbnail runs the whole-image cascade alongside; its per-level statistics stand in
     for the full image's, so every tile is encoded, transformed and decoded in one pass (no
     round A). Faster than :func:`stylize_exact` by the cost of round A, but the result differs
-    from the whole-image one by however much the thumbnail's statistics differ (the README
+    from the whole-image one by however much the thumbnail's statistics differ (docs/benchmarks.md
     gives the figures). Same level loop (:func:`run_levels`) and executor as the exact mode,
     and the same controls (``mask``, ``preserve_color``); a mask's labels are sampled onto the
     thumbnail by the same top-left rule.
@@ -604,6 +622,5 @@ def stylize_thumbnail(
     executor = CanvasExecutor(canvas, models, workdir=workdir, on_tile=on_tile, mask=mask, labels=labels,
                               preserve_color=preserve_color)
     stats = _ThumbnailStats(small, models, style_stats, alpha, small_mask)
-    run_levels(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, content_stats=stats,
-               on_level=on_level)
-    return executor.image
+    return _run_in_process(executor, tiles, _model_geometry(models), style_stats, alpha=alpha, content_stats=stats,
+                           on_level=on_level)

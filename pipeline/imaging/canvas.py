@@ -4,7 +4,10 @@ The tiled engine keeps each level's input image and cached features on a canvas,
 process ever holds a full-resolution float array of a large image. :class:`DiskCanvas`
 stores pixels interleaved (``H, W, C``) in a raw file and moves one row segment per
 ``pread``/``pwrite``: nothing is memory-mapped, so resident memory follows the rectangles in
-use, not the image. :class:`MemoryCanvas` is the same interface over one array, for images
+use, not the image. Its file is unlinked as soon as it is made: the blocks belong to the open
+file alone and go back to the file system when the canvas is closed or the process ends,
+however it ends (a stop signal, SIGKILL, the OOM killer, Ray killing a worker), so a canvas is
+never left on disk. :class:`MemoryCanvas` is the same interface over one array, for images
 small enough to hold.
 
 A canvas stores float32, or the decoded file's own 8- or 16-bit integers: an 8-bit input
@@ -15,13 +18,17 @@ values in [0, 1] written to an integer canvas are rounded to its levels.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import DTypeLike
 
+from pipeline.errors import DiskFullError, is_disk_full
 from pipeline.imaging.tiles import Rect
 
 __all__ = ["CANVAS_DTYPES", "Canvas", "DiskCanvas", "MemoryCanvas", "open_canvas", "reflect_pad_canvas"]
@@ -55,6 +62,7 @@ class Canvas(Protocol):
     channels: int
     height: int
     width: int
+    dtype: np.dtype  # how the values are stored (one of CANVAS_DTYPES); read() gives float32
 
     def read(self, rect: Rect) -> np.ndarray:
         """``(C, h, w)`` float32 copy of ``rect``, in [0, 1] for integer canvases."""
@@ -91,7 +99,8 @@ class DiskCanvas:
     """A canvas in a raw file of interleaved pixels, accessed row segment by row segment.
 
     Args:
-        path: file to create (removed by :meth:`close`).
+        path: file to create; it is unlinked at once (the name is kept for messages), and its
+            blocks are freed by :meth:`close` or the end of the process.
         channels, height, width: canvas shape.
         dtype: what is stored per channel (one of :data:`CANVAS_DTYPES`).
     """
@@ -104,7 +113,20 @@ class DiskCanvas:
         self.path = path
         self._pixel = channels * self.dtype.itemsize
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self._fd, height * width * self._pixel)
+        os.unlink(path)
+        with self._naming_a_full_disk():
+            os.ftruncate(self._fd, height * width * self._pixel)
+
+    @contextlib.contextmanager
+    def _naming_a_full_disk(self) -> Iterator[None]:
+        """Raise a full disk as :class:`~pipeline.errors.DiskFullError` naming this file and its
+        file system (the file is sparse: blocks are taken as rows are written)."""
+        try:
+            yield
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFullError.at(self.path) from e
+            raise
 
     def _offset(self, y: int, x: int) -> int:
         return (y * self.width + x) * self._pixel
@@ -118,12 +140,14 @@ class DiskCanvas:
 
     def write(self, rect: Rect, values: np.ndarray) -> None:
         rows = np.ascontiguousarray(_as_stored(values.transpose(1, 2, 0), self.dtype))
-        for i in range(rect.height):
-            os.pwrite(self._fd, memoryview(rows[i]).cast("B"), self._offset(rect.y0 + i, rect.x0))
+        with self._naming_a_full_disk():
+            for i in range(rect.height):
+                data = memoryview(rows[i]).cast("B")
+                if os.pwrite(self._fd, data, self._offset(rect.y0 + i, rect.x0)) != data.nbytes:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a short write: the disk filled up
 
     def close(self) -> None:
         os.close(self._fd)
-        os.unlink(self.path)
 
 
 def open_canvas(

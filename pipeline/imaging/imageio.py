@@ -29,10 +29,12 @@ import numpy as np
 import pyvips
 from fsspec.core import url_to_fs
 
+from pipeline.errors import DiskFullError, is_disk_full, one_line_error
 from pipeline.imaging.canvas import Canvas, open_canvas, reflect_pad_canvas
 from pipeline.imaging.deepzoom import viewer_page
 from pipeline.imaging.heap import release_free_heap
 from pipeline.imaging.tiles import Rect, canvas_size
+from pipeline.options import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -54,7 +56,6 @@ __all__ = [
     "write_bytes",
 ]
 
-DEFAULT_MAX_PIXELS = 1_000_000_000
 # The smallest side the cascade handles (five 2x poolings leave at least one 2x2 cell);
 # pipeline.engine.cascade.MIN_SIDE, repeated so that reading an image does not import torch.
 MIN_SIDE = 32
@@ -163,15 +164,45 @@ class StreamedImage:
             self.alpha.close()
 
 
-def _one_line(error: Exception) -> str:
-    """libvips' error log as one line, without pyvips' own "unable to ..." wrappers."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = [line for line in lines if not line.startswith("unable to ")] or lines
-    return "; ".join(dict.fromkeys(detail))[:300] or type(error).__name__
-
-
 def _is_local(fs: Any) -> bool:
     return "file" in np.atleast_1d(fs.protocol)
+
+
+class _SourceFile:
+    """A file object as the read and seek callbacks of a :class:`pyvips.SourceCustom`.
+
+    An exception cannot cross libvips from a callback: cffi would print its traceback and
+    hand libvips a zero, which reads as a truncated file. So a callback that raises (a
+    dropped connection, a stop signal arriving while Python reads) keeps the exception in
+    :attr:`error` and returns -1, libvips fails the operation, and :func:`_open_vips` raises
+    the kept exception in its place.
+    """
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self.error: BaseException | None = None
+
+    def source(self) -> pyvips.SourceCustom:
+        source = pyvips.SourceCustom()
+        source.signal_connect("read", self._read)
+        source.signal_connect("seek", self._seek)
+        return source
+
+    def _read(self, buffer: Any) -> int:
+        try:
+            chunk = self._file.read(len(buffer))
+        except BaseException as e:
+            self.error = self.error or e
+            return -1
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def _seek(self, offset: int, whence: int) -> int:
+        try:
+            return self._file.seek(offset, whence)
+        except BaseException as e:
+            self.error = self.error or e
+            return -1
 
 
 @contextlib.contextmanager
@@ -189,14 +220,17 @@ def _open_vips(uri: str, storage_options: dict[str, Any] | None, access: str) ->
             yield pyvips.Image.new_from_file(path, access=access, fail_on="error")
             return
         with fs.open(path, "rb") as f:
-            source = pyvips.SourceCustom()
-            source.on_read(f.read)
-            source.on_seek(lambda offset, whence: f.seek(offset, whence))
-            yield pyvips.Image.new_from_source(source, "", access=access, fail_on="error")
+            reader = _SourceFile(f)
+            try:
+                yield pyvips.Image.new_from_source(reader.source(), "", access=access, fail_on="error")
+            except BaseException as e:
+                if reader.error is not None and reader.error is not e:
+                    raise reader.error from None  # what stopped libvips' reads, not the read error it saw
+                raise
     except FileNotFoundError as e:
         raise ImageError(f"no such file: {uri}") from e
     except pyvips.Error as e:
-        raise ImageError(f"{uri} is not an image libvips can read: {_one_line(e)}") from e
+        raise ImageError(f"{uri} is not an image libvips can read: {one_line_error(e)}") from e
 
 
 def _orientation(image: pyvips.Image) -> int:
@@ -265,7 +299,7 @@ def _convert(uri: str, image: pyvips.Image) -> _Decoded:
         try:
             image = image.icc_transform("srgb", embedded=True, depth=depth, intent="relative")
         except pyvips.Error as e:
-            raise ImageError(f"{uri} has an ICC profile libvips cannot use: {_one_line(e)}") from e
+            raise ImageError(f"{uri} has an ICC profile libvips cannot use: {one_line_error(e)}") from e
         kept_profile = profile if image.bands == 3 and len(profile) > 16 and profile[16:20] == b"RGB " else None
     elif image.bands == 1:
         image = image.bandjoin([image, image])
@@ -348,8 +382,10 @@ def read_canvas(
             for opened in (canvas, alpha):
                 if opened is not None:
                     opened.close()
+            if isinstance(e, pyvips.Error) and is_disk_full(e):  # libvips' own copy of a rotated image
+                raise DiskFullError.at(tempfile.gettempdir()) from e
             if isinstance(e, pyvips.Error):
-                raise ImageError(f"{uri} is corrupt or truncated: {_one_line(e)}") from e
+                raise ImageError(f"{uri} is corrupt or truncated: {one_line_error(e)}") from e
             raise
     reflect_pad_canvas(canvas, height, width)
     return StreamedImage(canvas, height, width, alpha, decoded.icc_profile, decoded.format)
@@ -376,7 +412,7 @@ def read_image(
         try:
             samples = np.concatenate([strip for _, strip in _strips(joined, decoded.dtype, height)])
         except pyvips.Error as e:
-            raise ImageError(f"{uri} is corrupt or truncated: {_one_line(e)}") from e
+            raise ImageError(f"{uri} is corrupt or truncated: {one_line_error(e)}") from e
     scale = np.float32(255 if decoded.dtype == np.uint8 else 65535 if decoded.dtype == np.uint16 else 1)
     values = samples.astype(np.float32) / scale
     alpha = None if decoded.alpha is None else np.ascontiguousarray(values[..., 3])
@@ -469,7 +505,8 @@ def local_output(uri: str, storage_options: dict[str, Any] | None = None) -> Ite
 
     Locally the temporary file sits beside the target and is renamed over it; remotely it is
     uploaded with the filesystem's ``put`` (s3fs: one PUT, or a completed multipart upload),
-    so a reader never sees a partial object. Everything written under the temporary path's
+    so a reader never sees a partial object. A full disk while writing raises
+    :class:`~pipeline.errors.DiskFullError` naming the file system. Everything written under the temporary path's
     folder whose name starts with the temporary name (a DeepZoom ``_files`` folder) is
     published with it, renamed the same way.
     """
@@ -481,12 +518,21 @@ def local_output(uri: str, storage_options: dict[str, Any] | None = None) -> Ite
     staging = tempfile.mkdtemp(dir=(parent or ".") if local else None, prefix=".tmp-")
     name = os.path.basename(path)
     try:
-        yield os.path.join(staging, name)
+        try:
+            yield os.path.join(staging, name)
+        except Exception as e:  # libvips or a plain write found the disk full: say which one
+            if is_disk_full(e) and not isinstance(e, DiskFullError):
+                raise DiskFullError.at(os.path.join(staging, name)) from e
+            raise
         # The named file last: it is what readers look for, so it appears once the rest is there.
         for entry in sorted(os.listdir(staging), key=lambda e: e == name):
             src, target = os.path.join(staging, entry), f"{parent}/{entry}" if parent else entry
             if not local:
-                fs.put(src, target, recursive=os.path.isdir(src))
+                # put_file for a file: put would first ask whether the target is a folder (a LIST on S3).
+                if os.path.isdir(src):
+                    fs.put(src, target, recursive=True)
+                else:
+                    fs.put_file(src, target)
                 continue
             if os.path.isdir(src):
                 shutil.rmtree(target, ignore_errors=True)

@@ -22,7 +22,8 @@ def test_bench_reports_speed_levels_and_memory(weights_dir, capsys):
 
 
 def test_bench_reports_psnr_against_the_fp32_whole_image(weights_dir, capsys):
-    argv = ["--size", "160x96", "--tile", "64", "--weights", str(weights_dir), "--threads", "1", "--json"]
+    argv = ["--size", "160x96", "--tile", "64", "--weights", str(weights_dir), "--threads", "1", "--device", "cpu",
+            "--json"]
     assert main(argv) == 0
     exact = json.loads(capsys.readouterr().out)
     assert exact["precision"] == "fp32" and exact["device"] == "cpu" and exact["peak_gpu_gib"] is None
@@ -35,6 +36,15 @@ def test_bench_reports_psnr_against_the_fp32_whole_image(weights_dir, capsys):
     assert "PSNR vs fp32 whole" in capsys.readouterr().out
 
 
+def test_bench_warms_up_untimed_and_refuses_a_negative_warmup(weights_dir, capsys):
+    argv = ["--size", "96x64", "--tile", "64", "--weights", str(weights_dir), "--threads", "1", "--no-psnr", "--json"]
+    assert main([*argv, "--warmup", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["warmup"] == 1 and set(result["level_seconds"]) == {"5", "4", "3", "2", "1"}
+    assert main([*argv, "--warmup", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "ultrastyle bench: error: --warmup cannot be negative, got -1"
+
+
 def test_bench_refuses_cuda_without_a_gpu_in_one_line(capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
@@ -43,7 +53,30 @@ def test_bench_refuses_cuda_without_a_gpu_in_one_line(capsys):
     assert err == ["ultrastyle bench: error: --device cuda: torch sees no CUDA GPU on this machine"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["--tile", "100"], "--tile must be a positive multiple of 16, got 100"),
+        (["--tile-batch", "0"], "--tile-batch must be at least 1, got 0"),
+        (["--size", "big"], "--size must be WxH in pixels, e.g. 3840x2160, got 'big'"),
+        (["--size", "10x10"], "--size must be at least 32 px a side, got '10x10'"),
+    ],
+)
+def test_bench_refuses_bad_flags_in_one_line(capsys, flags, message):
+    assert main(flags) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"ultrastyle bench: error: {message}"]
+
+
+def test_bench_refuses_an_unreadable_content_file_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert main(["--content", str(bad)]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"ultrastyle bench: error: --content {bad}: ") and "not an image libvips can read" in line
+
+
+@pytest.mark.cuda
 def test_bench_on_cuda_reports_gpu_memory_and_psnr(weights_dir, capsys):
     assert main(["--device", "cuda", "--size", "1280x720", "--tile", "256", "--precision", "bf16",
                  "--weights", str(weights_dir), "--json"]) == 0

@@ -2,6 +2,7 @@
 job's resume by settings, its checks before starting and its refusal of actors that cannot fit."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from jobs.stylize import main
@@ -35,6 +37,8 @@ def test_stylize_a_real_photo_end_to_end(weights_dir, content_dir, style_dir, tm
     messages = [r.getMessage() for r in caplog.records]
     assert [m.split()[1] for m in messages if m.startswith("level")] == ["5", "4", "3", "2", "1"]
     assert any("MP/s" in m for m in messages)
+    if not torch.cuda.is_available():  # --device auto is the CPU here, with one tile per network call
+        assert any(m.startswith("models cd16x loaded (on cpu, fp32, 1 tile(s) per network call)") for m in messages)
     # The result is a stylized image, not a copy of the content.
     content = np.asarray(Image.open(content_dir / "rocket_420.jpg").convert("RGB"), np.float64)
     assert np.abs(np.asarray(result, np.float64) - content).mean() > 10
@@ -118,18 +122,80 @@ def test_help_lists_the_flags():
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
-        (["--tile", "100"], "--tile must be a positive multiple of 16"),
-        (["--style-size", "0"], "--style-size must be at least 1"),
-        (["--quality", "0"], "--quality must be in [1, 100]"),
+        (["--weights", ""], "--weights must be a URI or path, got ''"),
+        (["--alpha", "1.5"], "--alpha must be in [0, 1], got 1.5"),
+        (["--alpha", "nan"], "--alpha must be a finite number, got nan"),
+        (["--style-size", "0"], "--style-size must be at least 1, got 0"),
+        (["--mode", "fast"], "argument --mode: invalid choice: 'fast'"),
+        (["--tile", "100"], "--tile must be a positive multiple of 16, got 100"),
+        (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+        (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["--tile-batch", "0"], "--tile-batch must be at least 1, got 0"),
+        (["--max-pixels", "0"], "--max-pixels must be at least 1, got 0"),
+        (["--quality", "0"], "--quality must be in [1, 100], got 0"),
+        (["--style-weights", "x"], "--style-weights must be comma-separated numbers, got 'x'"),
+        (["--mask", ""], "--mask must be a URI or path, got ''"),
+        (["--storage-options", "[1]"], "--storage-options must be a mapping of fsspec options, got list"),
+        (["--format", "."], "--format must be an image extension such as png or jpg, got '.'"),
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
+        (["--gpus-per-worker", "-1"], "--gpus-per-worker cannot be negative, got -1"),
+        (["--cpus-per-worker", "0"], "--cpus-per-worker must be positive, got 0"),
+        (["--io-cpus", "-1"], "--io-cpus cannot be negative, got -1"),
+        (["--max-in-flight", "0"], "--max-in-flight must be at least 1, got 0"),
+        (["--max-in-flight-mp", "0"], "--max-in-flight-mp must be positive, got 0"),
+        (["--retries", "-1"], "--retries cannot be negative, got -1"),
+        (["--progress-seconds", "0"], "--progress-seconds must be positive, got 0"),
     ],
 )
 def test_bad_flags_are_refused_before_loading_anything(content_dir, style_dir, tmp_path, capsys, flags, message):
     # No --weights: a check that ran after loading would fail on the download instead.
-    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
-               "--output", str(tmp_path / "o.png"), *flags])
+    argv = [str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
+            "--output", str(tmp_path / "o.png"), *flags]
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own refusals (a value outside --mode's or --precision's choices)
+        rc = e.code
     assert rc == 2
-    assert message in _error_line(capsys)
+    line = _error_line(capsys)
+    assert line.startswith(f"ultrastyle stylize: error: {message}"), line
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_refused_in_one_line(content_dir, style_dir, tmp_path, capsys):
+    rc = main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
+               "--output", str(tmp_path / "o.png"), "--device", "cuda"])
+    assert rc == 2
+    assert _error_line(capsys) == "ultrastyle stylize: error: --device cuda: torch sees no CUDA GPU on this machine"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "cuda:1"], "--device cuda:1: Ray gives each model actor its GPU, so the batch job takes auto, "
+         "cpu or cuda"),
+        (["--device", "cpu", "--gpus-per-worker", "1"], "--device and --gpus-per-worker do not go together: CPU "
+         "actors would leave their GPUs idle, got cpu and 1"),
+        (["--device", "cuda", "--gpus-per-worker", "0"], "--device and --gpus-per-worker do not go together: CUDA "
+         "actors need a GPU, got cuda and 0"),
+    ],
+)
+def test_a_batch_refuses_a_device_its_actors_cannot_honour(small_batch, weights_dir, capsys, flags, message):
+    source, style, out = small_batch
+    assert main(_batch(source, style, out, weights_dir, *flags)) == 2
+    assert _error_line(capsys) == f"ultrastyle stylize: error: {message}"
+    assert not out.exists()
+
+
+@pytest.mark.cuda
+def test_stylize_uses_cuda_without_a_flag(weights_dir, content_dir, style_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ultrastyle")
+    out = tmp_path / "out.png"
+    assert main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
+                 "--output", str(out), "--weights", str(weights_dir)]) == 0
+    [loaded] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("models ")]
+    assert "(on cuda, fp32, 4 tile(s) per network call)" in loaded
+    assert Image.open(out).size == (420, 420)
 
 
 def test_a_single_image_takes_one_style(content_dir, style_dir, tmp_path, capsys):
@@ -199,12 +265,12 @@ def test_a_rerun_redoes_exactly_the_pairs_whose_settings_changed(ray_cluster, sm
     made_by, before = [r["fingerprint"] for r in rows], made_by
     assert all(new != old for new, old in zip(made_by, before, strict=True))
 
-    # The same command again: nothing rewritten, every pair skipped.
+    # The same command again: nothing rewritten, every pair skipped, and no row added for them.
+    before = read_manifest(str(out))
     assert main([*argv, "--alpha", "0.5"]) == 0
     assert _stamps(out) == second
-    rows = _last_run(out)
-    assert [(r["status"], r["reason"]) for r in rows] == [("skipped", "")] * 2
-    assert [r["fingerprint"] for r in rows] == made_by
+    assert read_manifest(str(out)).equals(before)
+    assert [r["fingerprint"] for r in _last_run(out)] == made_by
 
     # A new picture under the style's old name redoes its pairs.
     Image.open(source / "gate.jpg").resize((96, 96)).save(style)
@@ -271,6 +337,61 @@ def test_the_single_image_cli_checks_its_output_before_anything_else(content_dir
     assert proc.stderr.startswith(f"ultrastyle stylize: error: {expected.format(tmp=tmp_path)}")
 
 
+@pytest.mark.parametrize(
+    ("case", "status", "expected"),
+    [
+        ("missing content", 1, "no such file: {tmp}/missing.jpg"),
+        ("missing style", 1, "no such file: {tmp}/missing.jpg"),
+        ("not an image", 1, "{tmp}/notes.jpg is not an image libvips can read"),
+        ("folder into an image name", 2, "--output {tmp}/out.png names an image, but the input {tmp}/photos is a "
+                                         "folder or prefix"),
+    ],
+)
+def test_a_new_users_mistake_is_one_line_before_the_models_load(content_dir, style_dir, tmp_path, capsys, case,
+                                                                 status, expected):
+    (tmp_path / "notes.jpg").write_text("this is a text file, not a photo\n")
+    (tmp_path / "photos").mkdir()
+    shutil.copy(content_dir / "rocket_420.jpg", tmp_path / "photos")
+    content = {"missing content": tmp_path / "missing.jpg", "not an image": tmp_path / "notes.jpg",
+               "folder into an image name": tmp_path / "photos"}.get(case, content_dir / "rocket_420.jpg")
+    style = tmp_path / "missing.jpg" if case == "missing style" else style_dir / "strokes_512.jpg"
+    # Missing weights: a check that ran after loading them would report those instead.
+    rc = main([str(content), "--style", str(style), "--output", str(tmp_path / "out.png"),
+               "--weights", str(tmp_path / "no-weights")])
+    assert rc == status
+    assert _error_line(capsys).startswith(f"ultrastyle stylize: error: {expected.format(tmp=tmp_path)}")
+    assert not (tmp_path / "out.png").exists()  # neither an image nor a batch's folder
+
+
+def test_malformed_storage_options_are_refused_without_their_text(content_dir, style_dir, tmp_path, capsys):
+    secret = '{"key": "AKIAEXAMPLE", "secret": "hunter2-do-not-print" '  # no closing brace
+    with pytest.raises(SystemExit) as done:
+        main([str(content_dir / "rocket_420.jpg"), "--style", str(style_dir / "strokes_512.jpg"),
+              "--output", str(tmp_path / "o.png"), "--storage-options", secret])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["ultrastyle stylize: error: argument --storage-options: is not valid JSON "
+                                "(Expecting ',' delimiter at line 1, column 57); its text is not shown, as it may "
+                                "hold secrets (see --help)"], err
+    assert "hunter2" not in err and "AKIA" not in err
+
+
+def test_an_s3_image_without_credentials_is_one_line(s3_options, style_dir, tmp_path):
+    """No key in the environment, no AWS files, no instance metadata: botocore finds no credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k == "AWS_CA_BUNDLE"}
+    env.update({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                "AWS_EC2_METADATA_DISABLED": "true"})
+    endpoint = {"client_kwargs": s3_options["client_kwargs"]}  # moto, so nothing leaves the machine
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.stylize", "s3://photos/cat.jpg", "--style", str(style_dir / "strokes_512.jpg"),
+         "--output", str(tmp_path / "o.png"), "--storage-options", json.dumps(endpoint)],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=env,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == ["ultrastyle stylize: error: input s3://photos/cat.jpg cannot be read: "
+                                        "NoCredentialsError: Unable to locate credentials"], proc.stderr
+
+
 def test_a_bad_command_line_is_one_line_and_status_2():
     proc = _run_cli("--alpha", "much")
     assert proc.returncode == 2
@@ -295,3 +416,21 @@ def test_more_actors_than_the_cluster_holds_are_refused_at_once(ray_cluster, sma
         "lower --workers, --cpus-per-worker or --gpus-per-worker"
     )
     assert not [p for p in out.rglob("*") if p.is_file()]  # no output, no manifest row
+
+
+def test_help_groups_the_flags_and_ends_with_examples():
+    from jobs.stylize import build_parser
+
+    text = build_parser().format_help()
+    groups = ["input and output:", "look:", "performance:", "cluster and batch:", "examples:"]
+    at = [text.index("\n" + g + "\n") for g in groups]
+    assert at == sorted(at), "groups out of order"
+    sections = dict(zip(groups, (text[a:b] for a, b in zip(at, [*at[1:], len(text)], strict=True)), strict=True))
+    for group, flags in {"input and output:": ["--input", "--style ", "--output"],
+                         "look:": ["--alpha", "--style-size", "--style-weights", "--mask", "--preserve-color"],
+                         "performance:": ["--mode", "--tile ", "--device", "--precision", "--tile-batch"],
+                         "cluster and batch:": ["--workers", "--gpus-per-worker", "--max-in-flight"]}.items():
+        assert all(flag in sections[group] for flag in flags), group
+    assert "``" not in text and ":func:" not in text  # no reStructuredText
+    assert text.rstrip().endswith("ultrastyle stylize")
+    assert "    ultrastyle stylize photo.jpg --style painting.jpg --output photo-styled.png\n" in text

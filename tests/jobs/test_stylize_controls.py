@@ -69,7 +69,7 @@ def test_single_image_with_each_control(inputs, weights_dir, tmp_path, one_torch
 @pytest.mark.parametrize(
     ("extra", "rc", "message"),
     [
-        (["--style-weights", "1"], 2, "--style-weights has 1 values (1) for 2 --style images"),
+        (["--style-weights", "1"], 2, "--style-weights has 1 values (1) for 2 styles: give one per style"),
         (["--style-weights", "0,0"], 2, "--style-weights must be non-negative with a positive sum"),
         (["--style-weights", "x,1"], 2, "--style-weights must be comma-separated numbers"),
         (["--style-weights", "1,1", "--mask", "m.png"], 2, "--style-weights and --mask do not go together"),
@@ -115,12 +115,12 @@ def test_batch_masks_by_name_and_controls_in_the_settings(ray_cluster, inputs, w
         assert row["status"] == "ok" and row["style_uri"] == " + ".join(styles)
         controls = json.loads(row["settings"])["controls"]
         assert controls["preserve_color"] is True and controls["mask"].startswith("sha256:")
-    # Same command: the finished pairs are skipped; another mask picture redoes its pair only.
+    # Same command: the finished pair is skipped (its row stays); another mask picture redoes its pair only.
     labels = np.asarray(Image.open(masks / "small.png"))
     Image.fromarray(1 - labels).save(masks / "small.png")
     assert main(argv) == 1
     table = read_manifest(str(out)).to_pylist()
     last = max(table, key=lambda r: r["finished_at"])["run_id"]
     rerun = {Path(r["content_uri"]).name: r for r in table if r["run_id"] == last}
-    assert rerun["photo.png"]["status"] == "skipped"
+    assert "photo.png" not in rerun and rows["photo.png"]["run_id"] != last
     assert rerun["small.jpg"]["status"] == "ok" and "controls" in rerun["small.jpg"]["reason"]

@@ -1,18 +1,16 @@
 """models/checkpoint.py: fetching over HTTP into the digest-keyed cache, verification, safe loading.
 
-The download path runs against a real HTTP server on 127.0.0.1 serving a copy of the embedded
-weights (``{k}SE.safetensors``, pinned by their embedded digests) and, for the upstream URL
-layout, a folder laid out like the authors' repository (``trained_models/wct_se_16x_new/<file>``).
+The download path runs against a real HTTP server on 127.0.0.1 (``tests/models/conftest.py``)
+serving a copy of the embedded weights (``{k}SE.safetensors``, pinned by their embedded
+digests) and, for the upstream URL layout, a folder laid out like the authors' repository
+(``trained_models/wct_se_16x_new/<file>``).
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 import pickle
 import socket
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,51 +20,7 @@ from models.checkpoint import WEIGHTS_ENV, WeightsError, fetch, load_state_dict,
 from models.weights import OFFICIAL_FILES, official_weight_set, small_decoder, small_encoder
 
 
-class _Server:
-    """A static HTTP server over ``root`` in a thread, counting the GET requests it answers."""
-
-    def __init__(self, root: Path) -> None:
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests.append(self.path)
-                super().do_GET()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-        self.base_uri = f"http://127.0.0.1:{self.httpd.server_port}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.thread.join()
-
-
-@pytest.fixture
-def served(tmp_path: Path, weights_dir: Path) -> Path:
-    """The folder the server serves: a copy of the embedded files."""
-    root = tmp_path / "served"
-    root.mkdir()
-    for path in weights_dir.glob("*.safetensors"):
-        (root / path.name).write_bytes(path.read_bytes())
-    return root
-
-
-@pytest.fixture
-def server(served: Path) -> Iterator[_Server]:
-    srv = _Server(served)
-    yield srv
-    srv.stop()
-
-
-def _served_set(server: _Server):
+def _served_set(server):
     return official_weight_set(server.base_uri, layout="safetensors")
 
 
@@ -76,7 +30,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_download_lands_in_cache_keyed_by_sha256(server: _Server, cache: Path, weights_dir: Path) -> None:
+def test_download_lands_in_cache_keyed_by_sha256(server, cache: Path, weights_dir: Path) -> None:
     spec = _served_set(server).spec("2SE")
     path = fetch(spec.uri, spec.sha256)
     assert path == cache / f"{spec.sha256}.pth"
@@ -86,7 +40,7 @@ def test_download_lands_in_cache_keyed_by_sha256(server: _Server, cache: Path, w
     assert sorted(p.name for p in cache.iterdir()) == [path.name]  # no partial file left
 
 
-def test_second_fetch_works_offline(server: _Server, cache: Path) -> None:
+def test_second_fetch_works_offline(server, cache: Path) -> None:
     wset = _served_set(server)
     first = small_decoder(3, weights=wset)
     server.stop()
@@ -101,7 +55,57 @@ def test_second_fetch_works_offline(server: _Server, cache: Path) -> None:
     assert fetch(wset.spec("3SD").uri, wset.spec("3SD").sha256) == cache / f"{wset.spec('3SD').sha256}.pth"
 
 
-def test_wrong_bytes_name_uri_and_both_digests(served: Path, server: _Server, cache: Path, weights_dir: Path) -> None:
+def _flip_a_byte(path: Path) -> None:
+    """Change one byte in the middle of ``path`` (a cache entry is written read-only or not: either way)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+
+
+def test_tampered_cache_entry_is_fetched_again_never_used(server, cache: Path, caplog) -> None:
+    """A cache entry changed after its download is hashed on the next lookup and replaced."""
+    wset = _served_set(server)
+    spec = wset.spec("3SD")
+    original = small_decoder(3, weights=wset).state_dict()
+    entry = cache / f"{spec.sha256}.pth"
+    _flip_a_byte(entry)
+    assert sha256_file(entry) != spec.sha256
+    with caplog.at_level(logging.WARNING, logger="models.checkpoint"):
+        again = small_decoder(3, weights=wset).state_dict()
+    assert server.requests == ["/3SD.safetensors", "/3SD.safetensors"]  # fetched again
+    assert sha256_file(entry) == spec.sha256
+    assert f"weights cache entry {entry} holds sha256" in caplog.text and spec.uri in caplog.text
+    for key, value in original.items():
+        assert torch.equal(value, again[key]), key
+
+
+def test_tampered_cache_entry_without_its_source_is_refused(server, cache: Path) -> None:
+    wset = _served_set(server)
+    spec = wset.spec("2SE")
+    small_encoder(2, weights=wset)
+    server.stop()
+    _flip_a_byte(cache / f"{spec.sha256}.pth")
+    with pytest.raises(WeightsError, match="cannot fetch weights from") as err:
+        small_encoder(2, weights=wset)
+    assert spec.uri in str(err.value) and "\n" not in str(err.value)
+
+
+def test_load_hashes_the_bytes_it_deserialises(tmp_path: Path, weights_dir: Path) -> None:
+    """What loads is what was verified: a file changed after :func:`fetch` checked it is refused."""
+    pins = official_weight_set(str(weights_dir), layout="safetensors")
+    copy = tmp_path / "1SE.safetensors"
+    copy.write_bytes((weights_dir / "1SE.safetensors").read_bytes())
+    digest = pins.spec("1SE").sha256
+    assert fetch(str(copy), digest) == copy
+    assert set(load_state_dict(copy, sha256=digest)) == set(load_state_dict(weights_dir / "1SE.safetensors"))
+    _flip_a_byte(copy)
+    with pytest.raises(WeightsError, match="sha256 mismatch") as err:
+        load_state_dict(copy, sha256=digest)
+    assert digest in str(err.value) and sha256_file(copy) in str(err.value)
+
+
+def test_wrong_bytes_name_uri_and_both_digests(served: Path, server, cache: Path, weights_dir: Path) -> None:
     """The upstream layout: other bytes at the real path of 1SD in the authors' repository."""
     spec = official_weight_set(server.base_uri).spec("1SD")
     target = served / OFFICIAL_FILES["1SD"][0]
@@ -120,7 +124,7 @@ def test_wrong_bytes_name_uri_and_both_digests(served: Path, server: _Server, ca
 
 
 @pytest.mark.parametrize("where", ["closed port", "missing file"])
-def test_unreachable_url_says_how_to_use_a_local_copy(where: str, server: _Server, cache: Path) -> None:
+def test_unreachable_url_says_how_to_use_a_local_copy(where: str, server, cache: Path) -> None:
     base = f"http://127.0.0.1:{_closed_port()}/" if where == "closed port" else server.base_uri + "nowhere/"
     wset = official_weight_set(base)
     with pytest.raises(WeightsError) as err:

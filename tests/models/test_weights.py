@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from models import bundle
 from models.checkpoint import WEIGHTS_ENV, WeightsError, load_state_dict, sha256_file
 from models.family import CD16X, LEVELS, FamilySpec
 from models.weights import (
@@ -145,20 +147,23 @@ def test_bundle_and_latest(tmp_path: Path, weights_dir: Path) -> None:
     publish = tmp_path / "publish"
     _write_bundle(publish / "run-1", weights_dir, "run-1", {n: n for n in ("1SE", "1SD", "2SE", "2SD")})
     _write_bundle(publish / "run-2", weights_dir, "run-2", {n: n for n in ("2SE", "2SD", "3SE")})
-    (publish / "latest").write_text("run-2\n")
+    bundle.write_latest(str(publish), "run-2")
+    card_digest = sha256_file(publish / "run-2" / "card.json")
 
-    bundle = resolve_weights(str(publish / "run-1"))
-    assert bundle.model_id == "bundle:run-1"
-    assert bundle.family == CD16X
-    assert bundle.levels == (1, 2)
-    assert bundle.files["2SE"].uri == f"{publish}/run-1/2SE.pth"
-    assert bundle.files["2SE"].sha256 == sha256_file(publish / "run-1" / "2SE.pth")
-    enc = small_encoder(2, weights=bundle)
+    run_1 = resolve_weights(str(publish / "run-1"))
+    assert run_1.model_id == "bundle:run-1"
+    assert run_1.family == CD16X
+    assert run_1.levels == (1, 2)
+    assert run_1.files["2SE"].uri == f"{publish}/run-1/2SE.pth"
+    assert run_1.files["2SE"].sha256 == sha256_file(publish / "run-1" / "2SE.pth")
+    enc = small_encoder(2, weights=run_1)
     assert torch.equal(enc.conv21.weight, load_state_dict(weights_dir / "2SE.safetensors")["conv21.weight"])
 
     latest = resolve_weights(str(publish / "latest"))
     assert latest.model_id == "bundle:run-2"
-    assert latest.location == f"{publish}/run-2"  # the pointer followed: what other processes load
+    # The pointer followed and the card pinned: what other processes load.
+    assert latest.location == f"{publish}/run-2#sha256={card_digest}"
+    assert resolve_weights(latest.location) == latest
     assert latest.levels == (2,)  # 3SD is not in that bundle
     with pytest.raises(WeightsError, match="no 3SD"):
         small_decoder(3, weights=latest)
@@ -201,3 +206,112 @@ def test_builders_without_weights_are_random() -> None:
     b = small_encoder(3, family=FamilySpec.scaled(0.5))
     assert a.out_channels == 64 and b.out_channels == 128
     assert small_decoder(3).in_channels == 64
+
+
+def _published(tmp_path: Path, weights_dir: Path) -> Path:
+    """``<publish>/run-1`` (levels 1-2, the official files) promoted to ``<publish>/latest``."""
+    publish = tmp_path / "publish"
+    _write_bundle(publish / "run-1", weights_dir, "run-1", {n: n for n in ("1SE", "1SD", "2SE", "2SD")})
+    bundle.write_latest(str(publish), "run-1")
+    return publish
+
+
+def _hostile_pointers(card_digest: str) -> dict[str, str]:
+    """Pointer contents that must never be followed, by what they try."""
+    pin = f"#sha256={card_digest}"
+    return {
+        "climbs out": f"../elsewhere/run-1{pin}",
+        "climbs out, unpinned": "../../elsewhere",
+        "absolute path": f"/tmp/elsewhere/run-1{pin}",
+        "another bucket": f"s3://other-bucket/run-1{pin}",
+        "a URL": f"http://attacker.example/run-1{pin}",
+        "unpinned run id": "run-1",
+        "a pin that is not a sha256": "run-1#sha256=abc",
+        "an HTML page": "<!DOCTYPE HTML>\n<html><body><h1>Directory listing for /</h1></body></html>\n" * 3,
+        "control characters": f"run-1\x1b[2J{pin}",
+        "too large": "run-1" + " " * 4096 + pin,
+    }
+
+
+@pytest.mark.parametrize("case", list(_hostile_pointers("0" * 64)))
+def test_a_hostile_latest_is_refused_in_one_line(case: str, tmp_path: Path, weights_dir: Path) -> None:
+    publish = _published(tmp_path, weights_dir)
+    # A valid bundle outside the publish prefix: what the pointer tries to reach.
+    _write_bundle(tmp_path / "elsewhere" / "run-1", weights_dir, "run-1", {"1SE": "1SE", "1SD": "1SD"})
+    contents = _hostile_pointers(sha256_file(tmp_path / "elsewhere" / "run-1" / "card.json"))[case]
+    (publish / "latest").write_text(contents)
+    with pytest.raises(WeightsError) as err:
+        resolve_weights(str(publish / "latest"))
+    message = str(err.value)
+    assert message.startswith(f"{publish}/latest ")
+    assert "not a bundle pointer" in message or f"not a run folder inside {publish}" in message
+    assert "\n" not in message and "\x1b" not in message and "<" not in message and len(message) < 400
+    with pytest.raises(WeightsError):
+        bundle.read_latest(str(publish))
+
+
+def test_a_tampered_card_under_latest_is_refused(tmp_path: Path, weights_dir: Path) -> None:
+    """Swapping a file and rewriting the card's digest to match it is caught by the pointer's pin."""
+    publish = _published(tmp_path, weights_dir)
+    before = resolve_weights(str(publish / "latest"))
+    folder = publish / "run-1"
+    torch.save(load_state_dict(weights_dir / "2SE.safetensors"), folder / "1SE.pth")  # a wrong file...
+    card = json.loads((folder / "card.json").read_text())
+    card["files"]["1SE"] = sha256_file(folder / "1SE.pth")  # ...and a card that agrees with it
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="is not the one pinned") as err:
+        resolve_weights(str(publish / "latest"))
+    assert sha256_file(folder / "card.json") in str(err.value) and "\n" not in str(err.value)
+    # The location a running job handed to its other processes is pinned the same way.
+    with pytest.raises(WeightsError, match="is not the one pinned"):
+        resolve_weights(before.location)
+
+
+def test_a_tampered_file_under_latest_is_refused(tmp_path: Path, weights_dir: Path) -> None:
+    publish = _published(tmp_path, weights_dir)
+    target = publish / "run-1" / "2SD.pth"
+    torch.save(load_state_dict(weights_dir / "1SD.safetensors"), target)
+    wset = resolve_weights(str(publish / "latest"))
+    with pytest.raises(WeightsError, match="sha256 mismatch") as err:
+        small_decoder(2, weights=wset)
+    assert str(target) in str(err.value) and sha256_file(target) in str(err.value)
+    small_decoder(1, weights=wset)
+
+
+def test_pinned_and_unpinned_bundle_references(tmp_path: Path, weights_dir: Path) -> None:
+    publish = _published(tmp_path, weights_dir)
+    folder = f"{publish}/run-1"
+    digest = sha256_file(publish / "run-1" / "card.json")
+    pinned = resolve_weights(f"{folder}#sha256={digest}")
+    assert pinned == resolve_weights(str(publish / "latest")) == resolve_weights(folder)
+    assert pinned.location == resolve_weights(folder).location == f"{folder}#sha256={digest}"
+    with pytest.raises(WeightsError, match=f"expected sha256 {'1' * 64}, got {digest}"):
+        resolve_weights(f"{folder}#sha256={'1' * 64}")
+    with pytest.raises(WeightsError, match=r"pins a bundle card, but .* has no card\.json"):
+        resolve_weights(f"{weights_dir}#sha256={digest}")
+
+
+def test_http_folder_is_read_as_a_folder_not_a_pointer(server, served: Path, cache: Path) -> None:
+    """A GET on an HTTP folder answers with a listing page; that page is never taken for a ``latest``."""
+    pins = {name: spec.sha256 for name, spec in CD16xWeights.EMBEDDED.value.files.items()}
+    for uri in (server.base_uri, server.base_uri.rstrip("/")):
+        wset = resolve_weights(uri)
+        assert {name: spec.sha256 for name, spec in wset.files.items()} == pins and wset.location == uri
+    small_encoder(1, weights=resolve_weights(server.base_uri.rstrip("/")))
+    assert "/1SE.safetensors" in server.requests
+    with pytest.raises(WeightsError, match="is not a folder") as err:
+        resolve_weights(server.base_uri + "nowhere")
+    assert "<" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_latest_over_http(server, served: Path, weights_dir: Path, cache: Path) -> None:
+    publish = _published(served, weights_dir)
+    wset = resolve_weights(server.base_uri + "publish/latest")
+    digest = hashlib.sha256((publish / "run-1" / "card.json").read_bytes()).hexdigest()
+    assert wset.model_id == "bundle:run-1" and wset.location == f"{server.base_uri}publish/run-1#sha256={digest}"
+    small_decoder(2, weights=wset)
+    # A server answering for ``latest`` with a page (here: a folder of that name) is refused in one line.
+    (served / "listed" / "latest").mkdir(parents=True)
+    with pytest.raises(WeightsError, match="not a bundle pointer") as err:
+        resolve_weights(server.base_uri + "listed/latest")
+    assert "<" not in str(err.value) and "\n" not in str(err.value)

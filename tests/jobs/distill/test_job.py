@@ -24,7 +24,7 @@ ray = pytest.importorskip("ray")
 from jobs.distill import build_parser, main  # noqa: E402
 from jobs.distill.data import load_eval_images  # noqa: E402
 from jobs.distill.train import Stage, plan_stages  # noqa: E402
-from models import resolve_weights  # noqa: E402
+from models import bundle, resolve_weights  # noqa: E402
 from pipeline.engine.cascade import style_statistics, stylize_whole  # noqa: E402
 from pipeline.engine.models import load_model_set  # noqa: E402
 
@@ -127,7 +127,7 @@ def test_cd16x_teacher_half_width_student_all_levels(ray_cluster, weights_dir, c
     assert (run_dir / "reconstructions.png").read_bytes()[:4] == b"\x89PNG"
     assert list(run_dir.glob("checkpoint_*/state.pt"))
 
-    assert (publish / "latest").read_text() == "local"
+    assert bundle.read_latest(str(publish)) == "local"
     assert summary["promotion"] == "promoted: no current bundle, and --promote-first was given"
     card = json.loads((publish / "local" / "card.json").read_text())
     assert card["widths"] == [8, 16, 32, 64, 64] and card["level1_width"] == 12
@@ -199,7 +199,7 @@ def test_s3_checkpoints_and_a_killed_worker_resumes(
     assert second[1] % 5 == 0  # a checkpoint boundary
     assert all(s["steps"] == 20 for s in summary["metrics"]["stages"].values())
     assert fs.glob("distill/runs/s3run/checkpoint_*/state.pt")
-    assert fs.cat("distill/bundles/latest").decode() == "s3run"
+    assert bundle.read_latest("s3://distill/bundles", s3_options) == "s3run"
     _check_bundle("s3://distill/bundles/latest", s3_options, style_dir, content_dir)
 
 

@@ -77,6 +77,13 @@ def bucket(s3_options, s3_fs, content_dir, style_dir):
     }
     for key, data in files.items():
         fs.pipe_file(f"photos/{key}", data)
+    raw = {  # keys another S3 client may write: put as they are (s3fs would normalise them)
+        "in/folder/": b"",  # a folder marker: not a file, no row
+        "in//twice.png": _encode(gate.resize((64, 64)), "PNG"),  # an empty segment: not read as in/twice.png
+        "in/" + "long" * 62 + ".png": _encode(gate.resize((64, 64)), "PNG"),  # output name over 255 bytes
+    }
+    for key, data in raw.items():
+        fs.call_s3("put_object", Bucket="photos", Key=key, Body=data)
     style = Image.open(style_dir / "strokes_512.jpg").convert("RGB").resize((256, 256))  # under --max-pixels
     fs.pipe_file("styles/brush.jpg", _encode(style, "JPEG", quality=95))
     return {"input": "s3://photos/in", "styles": ["s3://styles/brush.jpg", "s3://styles/missing.jpg"]}
@@ -103,7 +110,7 @@ def test_batch_on_s3_end_to_end_and_resume(
     table = read_manifest("s3://photos/out", s3_options)
     assert table.schema.equals(SCHEMA)
     rows = {(Path(r["content_uri"]).name, Path(r["style_uri"]).name): r for r in table.to_pylist()}
-    assert len(rows) == 7 * 2
+    assert len(rows) == 9 * 2 and not [k for k in rows if k[0] == "folder"]  # the folder marker is no pair
     ok = {k for k, r in rows.items() if r["status"] == "ok"}
     assert ok == {("small.png", "brush.jpg"), ("mid.jpg", "brush.jpg"), ("tall.tif", "brush.jpg")}
     for key, row in rows.items():
@@ -112,13 +119,17 @@ def test_batch_on_s3_end_to_end_and_resume(
             assert row["seconds"] > 0 and row["compute_seconds"] > 0 and row["read_seconds"] > 0
         else:
             assert row["status"] == "failed" and row["error"] and "\n" not in row["error"]
-        if key[1] == "missing.jpg" and key[0] != "evil.png":  # evil.png is refused before any style
+        if key[1] == "missing.jpg" and key[0] not in ("evil.png", "twice.png") and not key[0].startswith("long"):
             assert row["error"].startswith("style image failed: no such file: s3://styles/missing.jpg")
     errors = {k[0]: rows[k]["error"] for k in rows if k[1] == "brush.jpg"}
     assert "corrupt" in errors["corrupt.jpg"] or "not a readable image" in errors["corrupt.jpg"]
     assert "not an image" in errors["notes.txt"] or "not a readable image" in errors["notes.txt"]
     assert "over --max-pixels 100,000" in errors["huge.png"]
-    assert "outside the output prefix" in errors["evil.png"]
+    assert "'../evil.png' has an empty, '.' or '..' path segment" in errors["evil.png"]
+    assert rows[("twice.png", "brush.jpg")]["content_uri"] == "s3://photos/in//twice.png"
+    assert "'/twice.png' has an empty, '.' or '..' path segment" in errors["twice.png"]
+    long_name = next(name for name in errors if name.startswith("long"))
+    assert "output file name would be 259 bytes, over the 255" in errors[long_name]
     assert rows[("mid.jpg", "brush.jpg")]["tiles"] == 6 and rows[("mid.jpg", "brush.jpg")]["mode"] == "tiled"
     assert rows[("small.png", "brush.jpg")]["mode"] == "whole"
 
@@ -135,23 +146,23 @@ def test_batch_on_s3_end_to_end_and_resume(
         want = _reference(content, "s3://styles/brush.jpg", tmp_path, model_set, s3_options)
         assert _psnr(got, want) >= 50, path
     stamps = {p: fs.info(p)["LastModified"] for p in expected}
+    assert len(fs.find("photos/out/_manifest")) <= 2  # a run's rows compacted into few files
 
-    assert "done: 14 pairs: 3 ok, 0 skipped, 11 failed" in caplog.text
+    assert "done: 18 pairs: 3 ok, 0 skipped, 15 failed" in caplog.text
+    assert "6 to run: 6 new: corrupt.jpg x brush, huge.png x brush, notes.txt x brush, small.png x brush" in caplog.text
+    assert "12 refused: content key '../evil.png' has an empty" in caplog.text
     caplog.clear()
 
-    # A rerun skips the finished pairs, redoes none of them, and fails the bad ones again.
+    # A rerun skips the finished pairs, redoes none of them and adds no row for them; the bad ones fail again.
     assert main(argv) == 1
     fs.invalidate_cache()
-    table = read_manifest("s3://photos/out", s3_options)
-    runs = sorted(set(table["run_id"].to_pylist()))
-    assert len(runs) == 2
-    second = [r for r in table.to_pylist() if r["run_id"] == runs[1]]
-    assert len(second) == 14
-    skipped = {(Path(r["content_uri"]).name, Path(r["style_uri"]).name) for r in second if r["status"] == "skipped"}
-    assert skipped == ok
-    assert not [r for r in second if r["status"] == "ok"]
+    rerun = read_manifest("s3://photos/out", s3_options)
+    first_run = {r["run_id"] for r in table.to_pylist() if r["status"] == "ok"}
+    assert {r["run_id"] for r in rerun.to_pylist() if r["status"] == "ok"} == first_run
+    assert rerun.num_rows == 18 and len(set(rerun["run_id"].to_pylist())) == 2
     assert {p: fs.info(p)["LastModified"] for p in expected} == stamps
-    assert "done: 14 pairs: 0 ok, 3 skipped, 11 failed" in caplog.text
+    assert "done: 18 pairs: 0 ok, 3 skipped, 15 failed" in caplog.text
+    assert len(fs.find("photos/out/_manifest")) <= 3
 
 
 def test_missing_bucket_is_one_clear_error(s3_options, weights_dir, tmp_path, capsys):
@@ -244,8 +255,8 @@ def test_actors_load_the_bundle_the_driver_checked(ray_cluster, content_dir, sty
     write_latest(str(publish), "run-1")
     checked = batch.check_batch
 
-    def check_then_promote(args):
-        found = checked(args)
+    def check_then_promote(args, **kwargs):
+        found = checked(args, **kwargs)
         write_latest(str(publish), "run-2")
         return found
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
+import pyarrow as pa
 import pytest
 
-from pipeline.batch.fingerprint import CODE_VERSION_ENV, changes, code_version, fingerprint, pair_settings, style_digest
+from pipeline.batch.fingerprint import (
+    CODE_VERSION_ENV,
+    SettingsBook,
+    changes,
+    code_version,
+    fingerprint,
+    pair_settings,
+    style_digest,
+)
 
 DIGESTS = {"1SE": "aa" * 32, "1SD": "bb" * 32}
 
@@ -93,3 +103,15 @@ def test_controls_count_only_when_set():
         controls=control_settings(style_weights=(1, 1)))
     assert changes(_settings(controls=variants[0]), _settings(controls=variants[1])) == [
         "controls style_weights [0.7, 0.3] -> [0.6, 0.4]"]
+
+
+def test_a_settings_book_keeps_each_distinct_settings_once_and_gives_columns_by_id():
+    book = SettingsBook()
+    png, jpeg = _settings(), _settings(output_uri="out/a__s.jpg")
+    assert [book.add(png), book.add(jpeg), book.add(dict(reversed(list(png.items()))))] == [0, 1, 0]
+    assert book.fingerprints == [fingerprint(png), fingerprint(jpeg)]
+    assert json.loads(book.settings[1]) == jpeg
+    ids = pa.array([1, 0, 1], pa.int32())
+    assert book.column(ids).to_pylist() == [fingerprint(jpeg), fingerprint(png), fingerprint(jpeg)]
+    assert book.column(ids, what="settings").type == pa.dictionary(pa.int32(), pa.string())
+    assert book.column(ids, what="settings")[1].as_py() == book.settings[0]

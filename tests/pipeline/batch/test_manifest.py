@@ -1,167 +1,137 @@
-"""Pair planning, output naming, the Parquet manifest and resume bookkeeping (no Ray)."""
+"""The Parquet manifest: durable parts, compaction, the current state read as one dataset, the
+earlier layout still read, and a writer that holds rows through a storage fault (no Ray)."""
 
 from __future__ import annotations
 
-import json
+import datetime as dt
+import shutil
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.batch import manifest
 from pipeline.batch.manifest import (
     MANIFEST_DIR,
     SCHEMA,
     ManifestRow,
     ManifestWriter,
-    Pair,
-    existing_files,
-    join_uri,
-    list_inputs,
+    Summary,
+    list_manifest,
     new_run_id,
-    one_line_error,
-    plan_pairs,
     read_manifest,
-    resume,
-    summarize,
-    with_settings,
 )
-from pipeline.imaging.imageio import ImageError
+from pipeline.batch.transient import Backoff
+
+NO_WAIT = Backoff(tries=1, first=0.01, longest=0.01)
 
 
-def test_outputs_are_named_content_stem_style_stem_with_the_input_format():
-    pairs = plan_pairs(
-        ["s3://b/in/a.JPG", "s3://b/in/sub/c.tif", "s3://b/in/notes.txt"],
-        ["s3://s/brush.jpg", "/styles/water.png"],
-        input_uri="s3://b/in/",
-        output_uri="s3://b/out",
-    )
-    assert [p.output_uri for p in pairs] == [
-        "s3://b/out/a__brush.jpg",
-        "s3://b/out/a__water.jpg",
-        "s3://b/out/sub/c__brush.tif",
-        "s3://b/out/sub/c__water.tif",
-        "s3://b/out/notes__brush.png",  # not an image format: PNG, and reading it will fail the row
-        "s3://b/out/notes__water.png",
-    ]
-    assert all(p.error == "" for p in pairs)
+def _row(name: str, status: str = "ok", **kwargs) -> ManifestRow:
+    return ManifestRow(f"in/{name}.jpg", "s.jpg", f"out/{name}__s.jpg", status, **kwargs)
 
 
-def test_format_flag_overrides_the_extension_and_is_checked():
-    [pair] = plan_pairs(["in/a.jpg"], ["s.png"], input_uri="in", output_uri="out/", fmt="PNG")
-    assert pair.output_uri == "out/a__s.png"
-    with pytest.raises(ImageError, match="bmp"):
-        plan_pairs(["in/a.jpg"], ["s.png"], input_uri="in", output_uri="out", fmt="bmp")
+def _files(out) -> list[str]:
+    return sorted(str(p.relative_to(out / MANIFEST_DIR)) for p in (out / MANIFEST_DIR).rglob("*.parquet"))
 
 
-@pytest.mark.parametrize("key", ["../evil.png", "a/../../evil.png", "./x.png", "a//b.png"])
-def test_keys_that_would_escape_the_output_prefix_are_refused(key):
-    [pair] = plan_pairs([f"s3://b/in/{key}"], ["s.jpg"], input_uri="s3://b/in", output_uri="s3://b/out")
-    assert "outside the output prefix" in pair.error
+def test_each_write_is_one_durable_part_and_close_leaves_one_file(tmp_path):
+    out = tmp_path / "out"
+    writer = ManifestWriter(str(out), run_id="r1")
+    assert writer.write([_row("a", width=40, height=30, settings='{"alpha": 1.0}', fingerprint="f1")])
+    assert writer.write([_row("b", "failed", error="in/b.jpg is not an image"), _row("c")])
+    assert writer.write([]) and writer.rows_written == 3
+    assert _files(out) == ["runs/r1/part-000001.parquet", "runs/r1/part-000002.parquet"]
+    assert pq.read_table(out / MANIFEST_DIR / "runs/r1/part-000001.parquet").schema.equals(SCHEMA)
+    assert writer.close()
+    assert _files(out) == ["runs/r1/chunk-000003.parquet"]
+
+    table = read_manifest(str(out))
+    assert table.schema.equals(SCHEMA)
+    assert table["content_uri"].to_pylist() == ["in/a.jpg", "in/b.jpg", "in/c.jpg"]
+    assert set(table["run_id"].to_pylist()) == {"r1"} and table["finished_at"].null_count == 0
+    assert table.to_pylist()[0]["settings"] == '{"alpha": 1.0}' and table.to_pylist()[1]["error"].endswith("image")
 
 
-def test_two_pairs_writing_one_output_refuse_the_second():
-    pairs = plan_pairs(["in/a.jpg"], ["s3://x/brush.jpg", "s3://y/brush.jpg"], input_uri="in", output_uri="out")
-    assert pairs[0].error == ""
-    assert "would overwrite the output of in/a.jpg x s3://x/brush.jpg" in pairs[1].error
+def test_parts_are_compacted_as_the_run_goes_and_compacted_files_merged(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest, "COMPACT_PARTS", 3)
+    monkeypatch.setattr(manifest, "CHUNK_FANIN", 2)
+    out = tmp_path / "out"
+    writer = ManifestWriter(str(out), run_id="r1")
+    for i in range(7):
+        writer.write([_row(f"p{i}")])
+    # 3 parts -> a chunk; 3 more -> a second chunk, and two chunks merge into one; one part left.
+    assert [name.split("-")[0] for name in _files(out)] == ["runs/r1/chunk", "runs/r1/part"]
+    assert writer.close()
+    assert len(_files(out)) == 1
+    assert read_manifest(str(out))["content_uri"].to_pylist() == [f"in/p{i}.jpg" for i in range(7)]
 
 
-def test_list_inputs_skips_hidden_files_manifests_and_a_nested_output(tmp_path):
-    for rel in ["a.jpg", "sub/b.png", ".tmp-partial.jpg", "_manifest/part.parquet", "out/a__s.jpg", "notes.txt"]:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"x")
-    found = list_inputs(str(tmp_path), exclude_uri=str(tmp_path / "out"))
-    assert found == [join_uri(str(tmp_path), r) for r in ["a.jpg", "notes.txt", "sub/b.png"]]
+def test_the_latest_row_of_a_pair_wins_and_a_file_read_twice_changes_nothing(tmp_path):
+    out = tmp_path / "out"
+    early = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    first = ManifestWriter(str(out), run_id="r1")
+    first.write([_row("a", "failed", error="x", finished_at=early), _row("b", finished_at=early)])
+    first.close()
+    second = ManifestWriter(str(out), run_id="r2")
+    second.write([_row("a", width=7)])
+    second.close()
+    [copy] = (out / MANIFEST_DIR / "runs" / "r2").iterdir()
+    shutil.copy(copy, copy.with_name("chunk-copy.parquet"))  # as a crash between compacting and removing leaves
+    rows = {r["content_uri"]: r for r in read_manifest(str(out)).to_pylist()}
+    assert len(rows) == 2
+    assert (rows["in/a.jpg"]["status"], rows["in/a.jpg"]["width"], rows["in/a.jpg"]["run_id"]) == ("ok", 7, "r2")
+    assert rows["in/b.jpg"]["run_id"] == "r1"
 
 
-def test_list_inputs_of_nothing_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="holds no files"):
-        list_inputs(str(tmp_path / "missing"))
-
-
-def test_manifest_round_trip_and_resume(tmp_path):
-    out = str(tmp_path / "out")
-    writer = ManifestWriter(out, run_id=new_run_id())
-    rows = [
-        ManifestRow("in/a.jpg", "s.jpg", f"{out}/a__s.jpg", "ok", width=40, height=30, tiles=1, worker="model-0"),
-        ManifestRow("in/b.jpg", "s.jpg", f"{out}/b__s.jpg", "failed", error="in/b.jpg is not an image"),
-        ManifestRow("in/c.jpg", "s.jpg", f"{out}/c__s.jpg", "ok", width=10, height=10),
-    ]
-    first = writer.write(rows[:2])
-    writer.write(rows[2:])
-    assert writer.write([]) is None
-    parts = sorted((tmp_path / "out" / MANIFEST_DIR).iterdir())
-    assert [p.name for p in parts] == [f"part-{writer.run_id}-000000.parquet", f"part-{writer.run_id}-000001.parquet"]
-    assert first.endswith(parts[0].name)
-    assert pq.read_schema(parts[0]).equals(SCHEMA)
-
-    table = read_manifest(out)
-    assert table.num_rows == 3 and set(table["run_id"].to_pylist()) == {writer.run_id}
-    assert table["finished_at"].null_count == 0
-
-    (tmp_path / "out" / "a__s.jpg").write_bytes(b"x")  # c's output is gone: it must run again
-    pairs = [Pair(r.content_uri, r.style_uri, r.output_uri) for r in rows]
-    todo, decided = resume(pairs, table, existing_files(out))
-    assert decided == []
-    assert [(p.content_uri, p.reason) for p in todo] == [
-        ("in/a.jpg", "no settings recorded by the last run"),  # a row from before fingerprints
-        ("in/b.jpg", "last run failed"),
-        ("in/c.jpg", "output missing"),
-    ]
-
-
-SETTINGS = {"model_id": "cd16x", "weights": {"1SE": "aa" * 32, "1SD": "bb" * 32}, "alpha": 1.0, "style_size": None,
-            "mode": "auto", "format": "PNG", "quality": None, "style": "sha256:" + "cc" * 32, "code": "0.1.0"}
-
-
-def _run(out: str, pairs: list[Pair], statuses: dict[str, str]) -> None:
-    """Write one run's rows the way the job does: the writer stamps each pair's settings and reason."""
-    writer = ManifestWriter(out, run_id=new_run_id(), pairs=pairs)
-    writer.write([ManifestRow(*p.key, statuses.get(p.content_uri, "ok"), width=4, height=3) for p in pairs])
-
-
-def test_resume_skips_only_a_finished_pair_with_the_same_settings_and_says_why_it_redoes_the_rest(tmp_path):
-    out = str(tmp_path / "out")
-    plan = [with_settings(Pair(f"in/{n}.png", "s.jpg", f"{out}/{n}__s.png"), SETTINGS) for n in "abcd"]
-    todo, decided = resume(plan, read_manifest(out), existing_files(out))
-    assert decided == [] and {p.reason for p in todo} == {"new"}
-    _run(out, todo, {"in/c.png": "failed"})
-    for name in "abd":
-        (tmp_path / "out" / f"{name}__s.png").write_bytes(b"x")
-
-    table = read_manifest(out)
-    assert set(table["reason"].to_pylist()) == {"new"}
-    assert set(table["fingerprint"].to_pylist()) == {plan[0].fingerprint}
-    assert json.loads(table["settings"][0].as_py()) == SETTINGS
-
-    (tmp_path / "out" / "d__s.png").unlink()
-    todo, decided = resume(plan, table, existing_files(out))
-    assert [(r.content_uri, r.status) for r in decided] == [("in/a.png", "skipped"), ("in/b.png", "skipped")]
-    assert decided[0].fingerprint == plan[0].fingerprint and decided[0].width == 4 and decided[0].reason == ""
-    assert [(p.content_uri, p.reason) for p in todo] == [("in/c.png", "last run failed"),
-                                                         ("in/d.png", "output missing")]
-
-    # A skipped row counts as finished on the next run; new settings redo every pair and say which changed.
-    ManifestWriter(out, run_id=new_run_id()).write(decided)
-    table = read_manifest(out)
-    assert [p.content_uri for p in resume(plan, table, existing_files(out))[0]] == ["in/c.png", "in/d.png"]
-    changed = dict(SETTINGS, alpha=0.5, weights={"1SE": "aa" * 32, "1SD": "dd" * 32})
-    replan = [with_settings(Pair(*p.key), changed) for p in plan]
-    todo, decided = resume(replan, table, existing_files(out))
-    assert decided == []
-    assert todo[0].reason == "settings changed: alpha 1.0 -> 0.5; weights 1SD bbbbbbbbbbbb -> dddddddddddd"
-    todo, decided = resume(plan, table, existing_files(out), overwrite=True)
-    assert decided == [] and {p.reason for p in todo} == {"overwrite"}
-
-
-def test_resume_fails_a_pair_with_a_planning_error_without_running_it(tmp_path):
-    pair = with_settings(Pair("in/a.png", "s.jpg", "out/a__s.png", error="style image failed: no such file: s.jpg"),
-                         SETTINGS)
-    todo, [row] = resume([pair], read_manifest(str(tmp_path)), set(), overwrite=True)
-    assert todo == [] and (row.status, row.error, row.fingerprint) == ("failed", pair.error, pair.fingerprint)
+def test_a_manifest_of_the_earlier_layout_still_reads(tmp_path):
+    """Earlier versions wrote ``_manifest/part-<run>-<n>.parquet`` per flush and a ``skipped`` row per skip."""
+    folder = tmp_path / "out" / MANIFEST_DIR
+    folder.mkdir(parents=True)
+    when = [dt.datetime(2026, 1, d, tzinfo=dt.timezone.utc) for d in (1, 2)]
+    for n, (run, status, day) in enumerate([("20260101T000000Z-aaaaaa", "ok", 0), ("20260102T000000Z-bbbbbb",
+                                                                                   "skipped", 1)]):
+        rows = [{**{f.name: None for f in SCHEMA}, "run_id": run, "content_uri": "in/a.jpg", "style_uri": "s.jpg",
+                 "output_uri": "out/a__s.jpg", "status": status, "error": "", "width": 4, "height": 3,
+                 "finished_at": when[day], "fingerprint": "f", "settings": "{}", "reason": ""}]
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), folder / f"part-{run}-{n:06d}.parquet")
+    files = list_manifest(str(tmp_path / "out"))
+    assert files.state == () and len(files.others) == 2
+    [row] = read_manifest(str(tmp_path / "out")).to_pylist()
+    assert (row["status"], row["run_id"]) == ("skipped", "20260102T000000Z-bbbbbb")
 
 
 def test_reading_a_manifest_that_is_not_there_gives_an_empty_table(tmp_path):
     assert read_manifest(str(tmp_path)).num_rows == 0
-    assert existing_files(str(tmp_path / "nothing")) == set()
+    assert list_manifest(str(tmp_path / "missing")).paths == ()
+
+
+def test_the_writer_holds_rows_while_storage_fails_and_writes_them_when_it_is_back(tmp_path, caplog):
+    out = tmp_path / "out"
+    (out / MANIFEST_DIR).mkdir(parents=True)
+    (out / MANIFEST_DIR / "runs").write_text("a file where the runs' folder goes: every write fails")
+    writer = ManifestWriter(str(out), run_id="r1", backoff=NO_WAIT)
+    assert not writer.write([_row("a")])
+    assert writer.pending == 1 and writer.error
+    assert not writer.write([_row("b")])  # within the wait before the next try: held, not tried
+    assert writer.pending == 2
+    assert len([r for r in caplog.records if "held" in r.getMessage()]) == 1  # one warning per outage
+    (out / MANIFEST_DIR / "runs").unlink()
+    assert writer.close(patience=5)
+    assert writer.pending == 0 and writer.error == ""
+    assert read_manifest(str(out))["content_uri"].to_pylist() == ["in/a.jpg", "in/b.jpg"]
+
+
+def test_rows_that_cannot_be_written_at_the_end_are_saved_locally(tmp_path):
+    out = tmp_path / "out"
+    (out / MANIFEST_DIR).mkdir(parents=True)
+    (out / MANIFEST_DIR / "runs").write_text("blocks every write")
+    writer = ManifestWriter(str(out), run_id=new_run_id(), backoff=NO_WAIT)
+    writer.write([_row("a"), _row("b", "failed", error="x")])
+    assert not writer.close(patience=0.2)
+    path = writer.save_local(str(tmp_path))
+    saved = pq.read_table(path)
+    assert saved["content_uri"].to_pylist() == ["in/a.jpg", "in/b.jpg"] and set(saved["run_id"].to_pylist()) == {
+        writer.run_id}
 
 
 def test_rows_refuse_unknown_statuses():
@@ -169,38 +139,7 @@ def test_rows_refuse_unknown_statuses():
         ManifestRow("a", "b", "c", "done")
 
 
-def test_one_line_error_unwraps_and_keeps_the_first_line():
-    class Wrapped(Exception):
-        def __init__(self, cause):
-            super().__init__("ray::task()\n  File ...\ntraceback")
-            self.cause = cause
-
-    assert one_line_error(Wrapped(ImageError("s3://b/x.jpg is not an image\nmore"))) == "s3://b/x.jpg is not an image"
-    assert one_line_error(Wrapped(KeyError("k"))) == "KeyError: 'k'"
-    assert one_line_error(RuntimeError()) == "RuntimeError"
-    assert len(one_line_error(ValueError("x" * 5000))) <= 400
-
-
-def test_one_line_error_finds_the_raised_line_of_a_quoted_traceback():
-    quoted = (
-        "The actor died because of an error raised in its creation task, ray::A.__init__() (pid=1)\n"
-        "Traceback (most recent call last):\n"
-        '  File "/x/actors.py", line 3, in __init__\n'
-        "    load()\n"
-        "    ^^^^^^\n"
-        "models.checkpoint.WeightsError: no weights under s3://b/w\n"
-        "second line of the message\n"
-    )
-    assert one_line_error(RuntimeError(quoted)) == "WeightsError: no weights under s3://b/w"
-
-
-def test_summary_counts_statuses_and_megapixels_of_this_run():
-    rows = [
-        ManifestRow("a", "s", "o1", "ok", width=2000, height=1000),
-        ManifestRow("b", "s", "o2", "skipped", width=2000, height=1000),
-        ManifestRow("c", "s", "o3", "failed", error="x"),
-    ]
-    summary = summarize(rows, seconds=4.0)
-    assert (summary.ok, summary.skipped, summary.failed, summary.pairs) == (1, 1, 1, 3)
-    assert summary.megapixels == pytest.approx(2.0)
-    assert summary.line() == "3 pairs: 1 ok, 1 skipped, 1 failed; 2.00 MP stylized in 4.0 s (0.500 MP/s)"
+def test_summary_line_counts_pairs_and_megapixels_of_this_run():
+    summary = Summary(ok=1, skipped=5, failed=1, megapixels=2.0, seconds=4.0)
+    assert summary.pairs == 7
+    assert summary.line() == "7 pairs: 1 ok, 5 skipped, 1 failed; 2.00 MP stylized in 4.0 s (0.500 MP/s)"

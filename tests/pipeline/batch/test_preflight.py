@@ -10,6 +10,7 @@ from PIL import Image
 from models.checkpoint import WeightsError
 from pipeline.batch.preflight import (
     UsageError,
+    check_actor_device,
     check_format,
     check_output_location,
     check_placement,
@@ -18,13 +19,33 @@ from pipeline.batch.preflight import (
     default_workers,
 )
 from pipeline.imaging.imageio import ImageError
+from pipeline.options import OptionError
 
 
-def test_unknown_format_is_a_usage_error_naming_the_flag():
+def test_unknown_format_is_an_option_error_naming_the_option():
     check_format(None)
     check_format("JPG")
-    with pytest.raises(UsageError, match=r"--format 'bmp': extension '\.bmp' is not one of"):
+    with pytest.raises(OptionError, match=r"^format 'bmp': extension '\.bmp' is not one of"):
         check_format("bmp")
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "message"),
+    [
+        ("cuda:1", None, r"^device cuda:1: Ray gives each model actor its GPU"),
+        ("cpu", 1.0, r"^device and gpus_per_worker do not go together: .* got cpu and 1$"),
+        ("cuda", 0.0, r"^device and gpus_per_worker do not go together: .* got cuda and 0$"),
+    ],
+)
+def test_a_device_the_actors_cannot_honour_is_refused(device, gpus, message):
+    with pytest.raises(OptionError, match=message):
+        check_actor_device(device, gpus)
+
+
+@pytest.mark.parametrize(("device", "gpus"), [("auto", None), ("auto", 0.0), ("auto", 2.0), ("cpu", 0.0),
+                                              ("cpu", None), ("cuda", None), ("cuda", 0.5)])
+def test_devices_the_actors_can_honour_pass(device, gpus):
+    check_actor_device(device, gpus)
 
 
 def test_a_writable_output_keeps_nothing_of_the_probe(tmp_path, s3_options, s3_fs):

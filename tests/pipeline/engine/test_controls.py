@@ -7,13 +7,11 @@ import torch
 
 from pipeline.engine.cascade import stylize_whole
 from pipeline.engine.controls import (
-    check_weights,
     join_styles,
     keep_chroma,
     level_transform,
     mask_canvas,
     mask_for,
-    parse_weights,
     read_mask,
     sample_labels,
     split_styles,
@@ -257,19 +255,6 @@ def test_keep_chroma_is_per_pixel_and_clamps():
     np.testing.assert_array_equal(out[:, 2:5, 3:7], keep_chroma(styled[:, 2:5, 3:7], content[:, 2:5, 3:7]))
     torch_out = keep_chroma(torch.from_numpy(styled), torch.from_numpy(content)).numpy()
     np.testing.assert_allclose(torch_out, out, atol=1e-12)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [("0.7", "has 1 values"), ("0.5,0.3,0.2", "has 3 values"), ("0,0", "positive sum"),
-     ("1,-1", "non-negative"), ("1,nan", "non-negative"), ("a,b", "comma-separated numbers")],
-)
-def test_bad_weights_are_one_line_naming_the_flag(text, message):
-    with pytest.raises(ValueError, match=message) as error:
-        check_weights(parse_weights(text), 2)
-    assert "--style-weights" in str(error.value) and "\n" not in str(error.value)
-    assert parse_weights("0.7,0.3") == (0.7, 0.3)
-    check_weights((0.7, 0.3), 2)
 
 
 def test_bad_masks_are_refused_before_stylizing(tmp_path, labels):

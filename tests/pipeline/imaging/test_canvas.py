@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -26,11 +31,39 @@ def test_disk_and_memory_canvases_round_trip_rectangles(tmp_path, channels):
             canvas.close()
 
 
-def test_disk_canvas_removes_its_file(tmp_path):
+def test_a_disk_canvas_leaves_no_file_in_its_folder(tmp_path):
     canvas = DiskCanvas(str(tmp_path / "x.f32"), 3, 16, 16)
-    assert (tmp_path / "x.f32").stat().st_size == 3 * 16 * 16 * 4
+    canvas.write(Rect(0, 0, 16, 16), np.ones((3, 16, 16), np.float32))
+    assert list(tmp_path.iterdir()) == []  # unlinked as soon as made
+    np.testing.assert_array_equal(canvas.read(Rect(4, 4, 8, 8)), np.ones((3, 4, 4), np.float32))
     canvas.close()
-    assert not (tmp_path / "x.f32").exists()
+
+
+_FILL_AND_DIE = """
+import os, signal, sys
+import numpy as np
+from pipeline.imaging.canvas import open_canvas
+from pipeline.imaging.tiles import Rect
+canvas = open_canvas(3, 1024, 1024, workdir=sys.argv[1], name="input")  # 12 MiB of float32
+canvas.write(Rect(0, 0, 1024, 1024), np.ones((3, 1024, 1024), np.float32))
+if sys.argv[2] == "die":
+    os.kill(os.getpid(), signal.SIGKILL)
+canvas.close()
+print("written")
+"""
+
+
+def test_a_killed_process_gives_its_canvases_disk_back(small_tmpfs, tmp_path):
+    """On a 16 MiB tmpfs: a process that fills 12 MiB and is killed, then one that needs the same
+    12 MiB again; with canvases as named files the second would find the disk full."""
+    folder = tmp_path / "small"
+    root = str(Path(__file__).resolve().parents[3])
+    twice = f'{sys.executable} -c "$0" {folder} die; {sys.executable} -c "$0" {folder} live'
+    done = subprocess.run([*small_tmpfs(folder, "16m"), "sh", "-c", twice, _FILL_AND_DIE], capture_output=True,
+                          text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "written"
+    assert (tmp_path / "small.left").read_text() == ""
 
 
 @settings(max_examples=25, deadline=None)
@@ -52,7 +85,7 @@ def test_integer_canvases_store_samples_and_read_float(tmp_path, dtype):
     top = float(np.iinfo(dtype).max)
     samples = np.random.default_rng(1).integers(0, int(top) + 1, (3, 40, 56)).astype(dtype)
     disk = DiskCanvas(str(tmp_path / "c.raw"), 3, 40, 56, dtype)
-    assert (tmp_path / "c.raw").stat().st_size == samples.size * np.dtype(dtype).itemsize
+    assert os.fstat(disk._fd).st_size == samples.size * np.dtype(dtype).itemsize  # its unlinked file
     for canvas in (disk, MemoryCanvas(np.zeros((3, 40, 56), dtype))):
         canvas.write(Rect(0, 0, 40, 56), samples)
         rect = Rect(3, 5, 37, 50)

@@ -10,7 +10,10 @@ streamed onto a canvas (:func:`read_canvas`); where Pillow cannot open a layout 
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -269,6 +272,68 @@ def test_reads_from_s3_through_a_source_without_a_local_copy(s3_fs, s3_options, 
     finally:
         image.close()
     assert image_size(uri, s3_options) == (W, H)
+
+
+class _DroppingProxy:
+    """A TCP proxy in front of ``upstream`` that closes each connection once ``limit`` bytes of
+    response have gone through: a connection dropped in the middle of a download."""
+
+    def __init__(self, upstream: tuple[str, int], limit: int) -> None:
+        self.upstream, self.limit = upstream, limit
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.limit), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket, limit: int | None) -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(1 << 16):
+                if limit is not None and sent + len(chunk) > limit:
+                    target.sendall(chunk[: limit - sent])
+                    break
+                target.sendall(chunk)
+                sent += len(chunk)
+        for end in (source, target):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_connection_dropped_mid_read_is_reported_as_itself(s3_fs, s3_options, tmp_path, capfd, monkeypatch):
+    """libvips reads a remote file through Python callbacks; an exception inside one is raised
+    as what it is, not as a corrupt image, and no callback traceback reaches stderr."""
+    import s3fs
+
+    path, _ = _save("p.png", lambda: Image.fromarray(PHOTO))(tmp_path)
+    s3_fs.mkdir("dropped")
+    s3_fs.put(str(path), "dropped/p.png")
+    endpoint = s3_options["client_kwargs"]["endpoint_url"].removeprefix("http://").split(":")
+    proxy = _DroppingProxy((endpoint[0], int(endpoint[1])), limit=path.stat().st_size // 3)
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)  # s3fs' own retries would only slow this down
+    options = {**s3_options, "skip_instance_cache": True,
+               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{proxy.port}"}}
+    try:
+        with pytest.raises(Exception) as raised:
+            read_canvas("s3://dropped/p.png", options, workdir=str(tmp_path))
+    finally:
+        proxy.close()
+    assert not isinstance(raised.value, ImageError), raised.value
+    assert "payload" in str(raised.value).lower() or "connection" in str(raised.value).lower(), raised.value
+    assert "cffi" not in capfd.readouterr().err
 
 
 # ---------------------------------------------------------------- errors and limits

@@ -133,7 +133,7 @@ def test_deepzoom_output_with_its_viewer_page(tmp_path, photo_canvas):
         corner = np.asarray(img, np.float64)
     assert np.abs(corner - _expected(photo_canvas, 255, 255)).mean() < 3
     page = (out / "z.html").read_text()
-    assert '"url": "z_files/"' in page and '"width": 500' in page
+    assert '"Url": "z_files/"' in page and '"Width": "500", "Height": "512"' in page
 
 
 def test_deepzoom_to_s3(s3_fs, s3_options, photo_canvas):

@@ -27,6 +27,7 @@ from jobs.distill.publish import DEFAULT_MARGIN_DB
 from jobs.distill.resources import worker_resources
 from jobs.distill.teachers import Teacher
 from models import LEVELS, WeightsError
+from models.bundle import check_run_id
 
 __all__ = ["build_parser", "main"]
 
@@ -181,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--cpus-per-worker must be positive, got {args.cpus_per_worker:g}")
     if min(args.lr, args.decoder_lr) <= 0 or min(args.clip_grad, args.patience, args.warmup_steps) < 0:
         parser.error("--lr and --decoder-lr must be positive; --clip-grad, --patience and --warmup-steps at least 0")
+    if args.run_id is not None:
+        try:
+            check_run_id(args.run_id)
+        except ValueError as e:
+            parser.error(f"--run-id: {e}")
     configure_driver()
     args.run_id = args.run_id or f"distill-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     if args.data is None:

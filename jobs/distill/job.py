@@ -36,8 +36,8 @@ from jobs.distill.train import (
 )
 from models import FamilySpec
 from models.pruning import student_family
-from pipeline.batch.fingerprint import code_version
 from pipeline.imaging.imageio import write_bytes
+from pipeline.version import code_version
 
 __all__ = ["Setup", "StageFailedError", "prepare", "run"]
 

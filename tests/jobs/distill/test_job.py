@@ -71,6 +71,10 @@ def test_parser_defaults_and_errors(weights_dir, content_dir, capsys):
     wide = ["--teacher", str(weights_dir), "--data", str(content_dir), "--storage", "unused", "--width", "0.5"]
     assert main(wide) == 2
     assert "at most as wide" in capsys.readouterr().err
+    for bad in ("../escape", "latest", "s3://b/run"):
+        with pytest.raises(SystemExit):
+            main(["--data", str(content_dir), "--storage", "unused", "--run-id", bad])
+        assert "--run-id: run id" in capsys.readouterr().err
 
 
 def test_nightly_manifests_run_the_cli_with_the_configmap_settings():

@@ -111,7 +111,7 @@ def _train_config(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         "stages": [asdict(s) for s in setup.stages],
         "steps": args.steps,
         "batch_size": args.batch_size,
-        "image_size": args.image_size,
+        "eval_size": args.eval_size,
         "held_out": setup.held_uris,
         "lr": args.lr,
         "decoder_lr": args.decoder_lr,

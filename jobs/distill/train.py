@@ -210,14 +210,19 @@ def _report(state: TrainState, metrics: dict[str, Any], *, rank: int) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def _probe_batch(uris: list[str], size: int, storage_options: dict[str, Any] | None) -> torch.Tensor:
-    """A fixed batch of centre crops of the held-out images: ``(N, 3, size, size)`` in [0, 1].
+def _probe_batch(uris: list[str], side: int, storage_options: dict[str, Any] | None) -> torch.Tensor:
+    """A fixed batch of the held-out images at the scale of the final evaluation: each resized
+    to a ``side`` short side like :func:`jobs.distill.evaluate.evaluate_levels`'s, then its
+    centre square (the largest every image has, a multiple of 16): ``(N, 3, S, S)`` in [0, 1].
 
     Training losses move with every random crop; the same held-out batch, measured through
-    the stage, says whether and when the stage stops helping.
+    the stage, says whether and when the stage stops helping, and picks the weights it keeps
+    at the scale at which the run reports its held-out PSNR.
     """
+    images = load_eval_images(uris, side=side, storage_options=storage_options)
+    size = min(min(image.shape[-2:]) for image in images)
     crops = []
-    for image in load_eval_images(uris, side=size, storage_options=storage_options):
+    for image in images:
         h, w = image.shape[-2:]
         top, left = (h - size) // 2, (w - size) // 2
         crops.append(image[..., top : top + size, left : left + size])
@@ -365,7 +370,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     family = FamilySpec(**config["family"])
     stages = [Stage(**s) for s in config["stages"]]
     batches = _batches(ray.train.get_dataset_shard("train"), config["batch_size"])
-    probe = _probe_batch(config["held_out"], config["image_size"], config["storage_options"])
+    probe = _probe_batch(config["held_out"], config["eval_size"], config["storage_options"])
     for index in range(state.stage, len(stages)):
         if state.failed:
             break

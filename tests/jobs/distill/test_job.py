@@ -101,6 +101,7 @@ def test_nightly_manifests_run_the_cli_with_the_configmap_settings():
 # ---------------------------------------------------------------------------- Ray Train
 
 
+@pytest.mark.slow
 def test_cd16x_teacher_half_width_student_all_levels(ray_cluster, weights_dir, content_dir, style_dir, tmp_path):
     storage, publish = tmp_path / "runs", tmp_path / "bundles"
     argv = [
@@ -173,6 +174,7 @@ def _kill_a_worker_after_first_checkpoint(fs, run_path: str, killed: list[int], 
             continue
 
 
+@pytest.mark.slow
 def test_s3_checkpoints_and_a_killed_worker_resumes(
     ray_cluster, s3_options, s3_fs, weights_dir, content_dir, style_dir
 ):
@@ -258,6 +260,7 @@ def test_workers_that_leave_ray_data_no_cpu_are_refused_at_start(ray_cluster, we
     assert not list(tmp_path.iterdir())  # nothing started
 
 
+@pytest.mark.slow
 def test_fresh_clone_quick_start_prints_a_few_plain_lines_and_is_not_promoted(ray_cluster, tmp_path):
     """The quick start: the embedded weights as teacher, the project's own sample images (no
     --data, nothing beside the checkout), ten steps. Its console is the job's own lines without

@@ -5,7 +5,8 @@ Per level the stages are
 1. ``teacher decoder``: only for a teacher that comes without one (torchvision's VGG-19);
 2. ``student encoder``: pruned from the teacher (:mod:`models.pruning`), trained with the
    embed and collaboration losses (:class:`models.losses.DistillationObjective`);
-3. ``student decoder``: the teacher decoder behind the student's Q, pruned
+3. ``student decoder``: the teacher decoder behind the student's Q, pruned to the channels
+   that carry the trained student's features of a training batch best
    (:func:`models.pruning.prune_decoder`), trained with pixel + perceptual loss
    (:class:`models.losses.DecoderObjective`),
 
@@ -167,8 +168,11 @@ def _stage_modules(
     teacher: Teacher,
     family: FamilySpec,
     config: dict[str, Any],
+    batches: Iterator[torch.Tensor],
 ) -> tuple[DistillationObjective | DecoderObjective, torch.nn.Module]:
-    """(objective, the part of it that learns) for ``stage``, initialised as the stage starts."""
+    """(objective, the part of it that learns) for ``stage``, initialised as the stage starts:
+    a student decoder is pruned keeping the channels that carry the trained student
+    encoder's features of a training batch best (:func:`models.pruning.prune_decoder`)."""
     level = stage.level
     t_enc = teacher.encoder(level)
     if stage.kind == TEACHER_DECODER:
@@ -182,7 +186,9 @@ def _stage_modules(
         objective = DistillationObjective(student, t_enc, t_dec, beta=config["beta"], lambda_p=config["lambda_p"])
         return objective, student
     student.load_state_dict(state.done[f"{level}{STUDENT_ENCODER}"])
-    decoder = prune_decoder(t_dec, family, getattr(student, f"{student.plan[-1]}_aux"))
+    with torch.no_grad():
+        features = student.eval()(next(batches))
+    decoder = prune_decoder(t_dec, family, getattr(student, f"{student.plan[-1]}_aux"), features)
     return DecoderObjective(decoder, student, t_enc, lambda_p=config["lambda_p"]), decoder
 
 
@@ -374,7 +380,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for index in range(state.stage, len(stages)):
         if state.failed:
             break
-        modules = _stage_modules(stages[index], state, teacher, family, config)
+        modules = _stage_modules(stages[index], state, teacher, family, config, batches)
         _train_stage(index, stages[index], state, batches, probe, modules, config)
 
 

@@ -3,7 +3,8 @@
 Trains one level's student encoder (``--stage se``: the collaboration objective) or student
 decoder (``--stage sd``: pixel + perceptual, behind a student encoder saved by an ``se`` run)
 of a half-width student of the embedded CD 16x weights, with the job's own pieces: the same
-pruned start (:mod:`models.pruning`), objectives (:mod:`models.losses`), per-layer step sizes,
+pruned start (:mod:`models.pruning`; a decoder's hidden channels ranked on the first training
+batch, as in the job), objectives (:mod:`models.losses`), per-layer step sizes,
 warm-up and cosine (:mod:`models.optim`), held-out split and crops (:mod:`jobs.distill.data`),
 batches of 8 crops of 128 px. Every 100 steps it prints the held-out PSNR the job reports:
 the stage's reconstruction of the whole held-out images at a 256 px short side.
@@ -59,6 +60,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the crops")
     p.add_argument("--save", type=Path, help="write the trained module's state dict here")
     p.add_argument("--load-se", type=Path, help="student encoder state dict for --stage sd")
+    p.add_argument(
+        "--l1-start",
+        action="store_true",
+        help="prune the decoder's hidden channels by filter L1 norm instead of by their energy on a training batch",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     train_uris, held_uris = split_holdout(list_images(args.data), every=5)
@@ -68,6 +74,7 @@ def main() -> None:
     family = student_family(weights.family, args.width)
     teacher, teacher_decoder = small_encoder(args.level, weights=weights), small_decoder(args.level, weights=weights)
     student, _ = prune_encoder(teacher, family)
+    batches = _batches(images, args.seed)
     if args.stage == "se":
         objective = DistillationObjective(student, teacher, teacher_decoder, beta=args.beta, lambda_p=args.lambda_p)
         trainable = student
@@ -75,11 +82,12 @@ def main() -> None:
         if args.load_se is None:
             p.error("--stage sd needs --load-se (a state dict written by an se run's --save)")
         student.load_state_dict(torch.load(args.load_se, weights_only=True))
-        decoder = prune_decoder(teacher_decoder, family, getattr(student, f"{student.plan[-1]}_aux"))
+        with torch.no_grad():
+            features = None if args.l1_start else student(next(batches))
+        decoder = prune_decoder(teacher_decoder, family, getattr(student, f"{student.plan[-1]}_aux"), features)
         objective, trainable = DecoderObjective(decoder, student, teacher, lambda_p=args.lambda_p), decoder
     lr = args.lr if args.lr is not None else (0.1 if args.stage == "se" else 0.05)
     optimizer = torch.optim.Adam(layer_param_groups(trainable, lr))
-    batches = _batches(images, args.seed)
 
     def held_out_psnr() -> float:
         with torch.no_grad():

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--patience",
         type=int,
-        default=200,
+        default=400,
         help="end a stage once this many steps pass without a held-out PSNR gain of 0.05 dB (0: never); "
         "a stage ended so without ever beating its start fails the run",
     )

@@ -101,6 +101,20 @@ def _write_run_folder(
     return [*figures, "summary.json"]
 
 
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The optimisation settings: what the workers train with and what the card records."""
+    return {
+        "lr": args.lr,
+        "decoder_lr": args.decoder_lr,
+        "warmup_steps": args.warmup_steps,
+        "clip_grad": args.clip_grad,
+        "beta": args.beta,
+        "lambda_p": args.lambda_p,
+        "eval_every": args.eval_every,
+        "patience": args.patience,
+    }
+
+
 def _train_config(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
     """The settings every Train worker's loop reads (plain data: it travels to the workers)."""
     return {
@@ -113,14 +127,7 @@ def _train_config(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "eval_size": args.eval_size,
         "held_out": setup.held_uris,
-        "lr": args.lr,
-        "decoder_lr": args.decoder_lr,
-        "warmup_steps": args.warmup_steps,
-        "clip_grad": args.clip_grad,
-        "beta": args.beta,
-        "lambda_p": args.lambda_p,
-        "eval_every": args.eval_every,
-        "patience": args.patience,
+        **_recipe(args),
         "checkpoint_every": args.checkpoint_every,
         "log_every": args.log_every,
         "threads": max(1, int(args.cpus_per_worker)),
@@ -228,16 +235,7 @@ def _card(args: argparse.Namespace, setup: Setup, metrics: dict[str, Any]) -> di
         "batch_size": args.batch_size,
         "workers": args.workers,
         "cpus_per_worker": args.cpus_per_worker,
-        "recipe": {
-            "lr": args.lr,
-            "decoder_lr": args.decoder_lr,
-            "warmup_steps": args.warmup_steps,
-            "clip_grad": args.clip_grad,
-            "beta": args.beta,
-            "lambda_p": args.lambda_p,
-            "eval_every": args.eval_every,
-            "patience": args.patience,
-        },
+        "recipe": _recipe(args),
         "metrics": metrics,
         "code_version": code_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -124,8 +124,10 @@ def test_cd16x_teacher_half_width_student_all_levels(ray_cluster, weights_dir, c
     # The level-1 encoder starts from 12 of the teacher's 24 filters behind a scatter Q (11-13 dB
     # through the teacher decoder) and gains 3-7 dB in 12 steps.
     assert stages["1SE"]["psnr"]["final"] > stages["1SE"]["psnr"]["start"] + 1.5, stages["1SE"]["psnr"]
-    for level in "12345":
-        assert 0 < summary["metrics"]["psnr"][level] < summary["metrics"]["teacher_psnr"][level]
+    student, teacher = summary["metrics"]["psnr"], summary["metrics"]["teacher_psnr"]
+    assert student["1"] < teacher["1"] - 3  # 12 steps leave level 1 far from its teacher (19 vs 28 dB)
+    for level in "12345":  # deeper, a decoder cut from the teacher's may match it on one small image
+        assert 0 < student[level] < teacher[level] + 1.0, level
     assert summary["metrics"]["attempts"] == [[0, 0]]
     assert (run_dir / "losses.png").read_bytes()[:4] == b"\x89PNG"
     assert (run_dir / "psnr.png").read_bytes()[:4] == b"\x89PNG"

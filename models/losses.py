@@ -3,20 +3,27 @@
 For level k, with teacher encoder E_t, teacher decoder D_t, student encoder E_s and its 1x1
 embedding layers Q (``*_aux``), on a batch x:
 
-- embed loss: ``sum_i ||F_t_i(x) - Q_i F_s_i(x)||^2`` over the ``relu{i}_1`` of blocks 1..k;
+- embed loss: ``sum_i e(Q_i F_s_i(x), F_t_i(x))`` over the ``relu{i}_1`` of blocks 1..k;
 - collaboration loss: the teacher's decoder must rebuild x from the embedded student
-  features, ``rec = D_t(Q_k F_s_k(x))``: ``||rec - x||^2 + lambda_p * perceptual(rec, x)``;
+  features, ``rec = D_t(Q_k F_s_k(x))``: ``e(rec, x) + lambda_p * perceptual(rec, x)``;
 - decoder loss (teacher decoders without weights, and every student decoder):
-  ``rec = D(E(x))``, ``||rec - x||^2 + lambda_p * perceptual(rec, x)``,
+  ``rec = D(E(x))``, ``e(rec, x) + lambda_p * perceptual(rec, x)``,
 
-where ``perceptual(rec, x) = sum_i ||F_t_i(rec) - F_t_i(x)||^2`` uses the teacher encoder.
-Every ``||.||^2`` is a mean over elements rather than a sum, so the weights ``beta`` and
-``lambda_p`` mean the same at any crop size and batch size.
+where ``perceptual(rec, x) = sum_i e(F_t_i(rec), F_t_i(x))`` uses the teacher encoder and
+``e(a, b) = ||a - b||^2 / ||b||^2`` is the relative squared error (:func:`relative_error`).
+
+Every term is relative to the energy of its target, so no term dominates by the scale of
+what it compares: a plain mean squared error of the CD 16x teacher's ``relu2_1`` features is
+~10^5 times the pixel error of the same reconstruction (their energies are 343 and 0.3), and
+VGG-19's features have yet another scale. In relative form each term reads "this fraction of
+the signal is wrong" at any level, for any teacher, crop size or batch size, ``beta = 1`` and
+``lambda_p = 1`` weigh features and pixels alike, and every layer of a feature sum counts the
+same however large its activations are.
 
 The objectives are :class:`torch.nn.Module` s whose ``forward`` returns the loss terms, so a
 data-parallel wrapper (DDP) sees the whole step as one forward call and synchronises the
 gradients of exactly the trainable part: the frozen teacher parts have ``requires_grad``
-off.
+off. Their ``reconstruct`` is the image the stage is judged by (held-out PSNR).
 """
 
 from __future__ import annotations
@@ -39,23 +46,36 @@ __all__ = [
     "pixel_loss",
     "psnr",
     "reconstruction_psnr",
+    "relative_error",
 ]
+
+_TINY = 1e-12  # guards the division for an all-zero target (a dead feature map)
+
+
+def relative_error(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``||value - target||^2 / ||target||^2`` over the whole batch: 0 is exact, 1 is as
+    large as the target itself. The denominator is a constant (no gradient through it).
+
+    Args:
+        value, target: tensors of one shape; ``target`` is what ``value`` should equal.
+    """
+    return F.mse_loss(value, target) / target.detach().pow(2).mean().clamp_min(_TINY)
 
 
 def pixel_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between a reconstruction and its input, both ``(N, 3, H, W)``."""
-    return F.mse_loss(rec, x)
+    """Relative squared error of a reconstruction against its input, both ``(N, 3, H, W)``."""
+    return relative_error(rec, x)
 
 
 def feature_loss(features: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Sum over layers of the mean squared error between matching feature maps.
+    """Sum over layers of the relative squared error between matching feature maps.
 
     Args:
         features, targets: one ``(N, C_i, H_i, W_i)`` tensor per layer, pairwise equal shapes.
     """
     if len(features) != len(targets) or not features:
         raise ValueError(f"need matching non-empty feature lists, got {len(features)} and {len(targets)}")
-    return torch.stack([F.mse_loss(f, t) for f, t in zip(features, targets, strict=True)]).sum()
+    return torch.stack([relative_error(f, t) for f, t in zip(features, targets, strict=True)]).sum()
 
 
 def embed_loss(teacher_features: Sequence[torch.Tensor], embedded: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -130,6 +150,10 @@ class DistillationObjective(nn.Module):
         loss = self.beta * embed + pixel + self.lambda_p * perceptual
         return {"loss": loss, "embed": embed, "pixel": pixel, "perceptual": perceptual}
 
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The collaboration reconstruction ``D_t(Q_k F_s_k(x))`` that the stage improves."""
+        return self.teacher_decoder(self.student.embed(self.student.forward_features(x))[-1])
+
 
 class DecoderObjective(nn.Module):
     """Decoder step: ``pixel + lambda_p * perceptual`` on ``D(E(x))``; only the decoder learns.
@@ -161,6 +185,10 @@ class DecoderObjective(nn.Module):
         pixel = pixel_loss(rec, x)
         perceptual = perceptual_loss(self.perceptual, rec, x)
         return {"loss": pixel + self.lambda_p * perceptual, "pixel": pixel, "perceptual": perceptual}
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``D(E(x))``, the reconstruction the stage improves."""
+        return self.decoder(self.encoder(x))
 
 
 def psnr(rec: torch.Tensor, x: torch.Tensor) -> float:

@@ -9,8 +9,11 @@ Each convolution keeps the output filters with the largest L1 norm; the next con
 the input channels that match them, so a pruned network computes (approximately) the kept
 subset of the teacher's channels. The 1x1 embedding layers ``*_aux`` (Q) start as the scatter
 that puts each kept channel back at its place in the teacher's feature map. A student decoder
-starts as the teacher's decoder reading ``Q F_s`` (Q folded into its first convolution), pruned
-the same way.
+starts as the teacher's decoder reading ``Q F_s`` (Q folded into its first convolution), its
+hidden convolutions keeping the channels whose outputs carry the most energy on the student's
+features of a batch of training images: after the fold, a filter's L1 norm says little about
+what reaches the next layer through the ReLU (ranked by L1 norm, the half-width level-2
+decoder of the CD 16x weights starts at 5.6 dB held-out PSNR; ranked by energy, at 21 dB).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import nn
 
 from models.family import VGG19_WIDTHS, Decoder, Encoder, FamilySpec
 
-__all__ = ["fold_embedding", "prune_decoder", "prune_encoder", "rank_filters", "student_family"]
+__all__ = ["fold_embedding", "prune_decoder", "prune_encoder", "rank_activations", "rank_filters", "student_family"]
 
 
 def student_family(teacher: FamilySpec, width: float) -> FamilySpec:
@@ -64,6 +67,22 @@ def rank_filters(weight: torch.Tensor, count: int) -> torch.Tensor:
     norms = weight.detach().abs().flatten(1).sum(dim=1)
     order = torch.argsort(norms, descending=True, stable=True)
     return torch.sort(order[:count]).values
+
+
+def rank_activations(activations: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` channels of ``activations`` with the largest mean square.
+
+    Args:
+        activations: ``(N, C, H, W)`` outputs of a layer (after its ReLU) on some batch.
+        count: channels to keep, 1..C.
+
+    Returns:
+        ``(count,)`` int64 indices in increasing order.
+    """
+    if not 0 < count <= activations.shape[1]:
+        raise ValueError(f"count must be in 1..{activations.shape[1]}, got {count}")
+    energy = activations.detach().double().pow(2).mean(dim=(0, 2, 3))
+    return torch.sort(torch.topk(energy, count).indices).values
 
 
 def _copy_conv(dst: nn.Conv2d, src: nn.Conv2d, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
@@ -143,13 +162,15 @@ def fold_embedding(conv: nn.Conv2d, embedding: nn.Conv2d) -> nn.Conv2d:
     return folded
 
 
-def prune_decoder(teacher: Decoder, family: FamilySpec, embedding: nn.Conv2d) -> Decoder:
+def prune_decoder(
+    teacher: Decoder, family: FamilySpec, embedding: nn.Conv2d, features: torch.Tensor | None = None
+) -> Decoder:
     """A student decoder of ``family`` cut from the teacher's decoder behind the student's Q.
 
     The student's last embedding layer (``Q_k``, what the collaboration loss trained so that
     the teacher decoder reads the student) is folded into the teacher decoder's first
     convolution (:func:`fold_embedding`), so the decoder starts reading the student encoder's
-    own channels; then every convolution keeps its strongest filters and the next one the
+    own channels; then every convolution keeps some of its filters and the next one the
     matching inputs, the last keeping all three RGB outputs. At level 1 (a single
     convolution) the student decoder starts as exactly ``D_t(Q F_s)``.
 
@@ -157,6 +178,10 @@ def prune_decoder(teacher: Decoder, family: FamilySpec, embedding: nn.Conv2d) ->
         teacher: the teacher's decoder of some level.
         family: the student's widths.
         embedding: the student encoder's ``conv{k}1_aux`` of that level.
+        features: the student encoder's features of a batch of training images,
+            ``(N, C, H, W)``. With them each convolution keeps the channels whose outputs
+            (after the ReLU, reading the channels kept before it) have the most energy on
+            them (:func:`rank_activations`); without, the filters with the largest L1 norm.
 
     Returns:
         The student decoder (same level, train mode).
@@ -166,13 +191,25 @@ def prune_decoder(teacher: Decoder, family: FamilySpec, embedding: nn.Conv2d) ->
         raise ValueError(
             f"embedding reads {embedding.in_channels} channels, the student decoder reads {student.in_channels}"
         )
-    names = [n for n in student.plan if n != "up"]
-    prev = torch.arange(student.in_channels)
-    for i, name in enumerate(names):
+    if features is not None and features.shape[1] != student.in_channels:
+        raise ValueError(f"features have {features.shape[1]} channels, the student decoder reads {student.in_channels}")
+    first = next(n for n in student.plan if n != "up")
+    prev, y = torch.arange(student.in_channels), features
+    for name in student.plan:
+        if name == "up":
+            y = None if y is None else student.up(y)
+            continue
         src, dst = getattr(teacher, name), getattr(student, name)
-        if i == 0:
+        if name == first:
             src = fold_embedding(src, embedding)
-        out = rank_filters(src.weight, dst.out_channels)
+        if y is None:
+            out = rank_filters(src.weight, dst.out_channels)
+        else:
+            with torch.no_grad():
+                z = torch.relu(src(y))
+            out = rank_activations(z, dst.out_channels)
+            y = torch.zeros_like(z)
+            y[:, out] = z[:, out]  # what the student's layer computes, at the teacher's channel positions
         _copy_conv(dst, src, out, prev)
         prev = out
     return student

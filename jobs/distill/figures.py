@@ -1,4 +1,4 @@
-"""The run folder's figures (loss curves, reconstructions) as PNG bytes, drawn with Pillow."""
+"""The run folder's figures (loss curves, held-out PSNR curves, reconstructions) as PNG bytes, drawn with Pillow."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-__all__ = ["render_loss_curves", "render_reconstructions"]
+__all__ = ["render_loss_curves", "render_psnr_curves", "render_reconstructions"]
 
 _PANEL = (360, 220)
 _MARGIN = 36
@@ -46,22 +46,54 @@ def _draw_curve(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title
     draw.text((x1 - 70, y1 + 2), f"{len(values)} steps", fill=(90, 90, 90))
 
 
+def _draw_psnr(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str, points: Sequence) -> None:
+    """One panel: held-out PSNR (dB, linear scale) against the step, the start marked."""
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, outline=(160, 160, 160))
+    draw.text((x0 + 4, y0 - 14), title, fill=(0, 0, 0))
+    finite = [(float(s), float(v)) for s, v in points if math.isfinite(v)]
+    if len(finite) < 2:
+        return
+    lo, hi = min(v for _, v in finite), max(v for _, v in finite)
+    span, last = (hi - lo) or 1.0, finite[-1][0] or 1.0
+    xy = [(x0 + (x1 - x0) * s / last, y1 - (y1 - y0) * (v - lo) / span) for s, v in finite]
+    draw.line(xy, fill=(44, 160, 44), width=2)
+    for x, y in xy:
+        draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(44, 160, 44))
+    draw.text((x0 + 4, y0 + 2), f"{hi:.2f} dB", fill=(90, 90, 90))
+    draw.text((x0 + 4, y1 - 12), f"{lo:.2f} dB", fill=(90, 90, 90))
+    draw.text((x1 - 70, y1 + 2), f"{int(last)} steps", fill=(90, 90, 90))
+
+
+def _panels(items: Mapping[str, Sequence], draw_panel, columns: int) -> bytes:
+    rows = max(1, math.ceil(len(items) / columns))
+    w, h = _PANEL
+    img = Image.new("RGB", (columns * w, rows * h), "white")
+    draw = ImageDraw.Draw(img)
+    for i, (title, values) in enumerate(items.items()):
+        left, top = (i % columns) * w, (i // columns) * h
+        draw_panel(draw, (left + _MARGIN, top + _MARGIN, left + w - 12, top + h - _MARGIN), title, values)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def render_loss_curves(curves: Mapping[str, Sequence[float]], *, columns: int = 3) -> bytes:
     """A PNG with one panel per stage: its total loss per step (and moving average), log scale.
 
     Args:
         curves: stage title -> loss per step, in stage order.
     """
-    rows = max(1, math.ceil(len(curves) / columns))
-    w, h = _PANEL
-    img = Image.new("RGB", (columns * w, rows * h), "white")
-    draw = ImageDraw.Draw(img)
-    for i, (title, values) in enumerate(curves.items()):
-        left, top = (i % columns) * w, (i // columns) * h
-        _draw_curve(draw, (left + _MARGIN, top + _MARGIN, left + w - 12, top + h - _MARGIN), title, values)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return _panels(curves, _draw_curve, columns)
+
+
+def render_psnr_curves(curves: Mapping[str, Sequence[Sequence[float]]], *, columns: int = 2) -> bytes:
+    """A PNG with one panel per stage: its held-out PSNR at its start and every evaluation.
+
+    Args:
+        curves: stage title -> ``[step, dB]`` pairs, in stage order.
+    """
+    return _panels(curves, _draw_psnr, columns)
 
 
 def render_reconstructions(rows: Mapping[str, Sequence[tuple[str, torch.Tensor]]]) -> bytes:

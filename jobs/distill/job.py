@@ -3,8 +3,10 @@
 :func:`prepare` checks everything that can be checked before Ray work starts (teacher, widths,
 images, held-out split); :func:`run` trains (:mod:`jobs.distill.train`), measures held-out
 PSNR per level for student and teacher (:mod:`jobs.distill.evaluate`), writes ``losses.png``,
-``reconstructions.png`` and ``summary.json`` into ``<storage>/<run id>/`` and, with
-``--publish``, writes a bundle and maybe promotes it (:mod:`jobs.distill.publish`).
+``psnr.png``, ``reconstructions.png`` and ``summary.json`` into ``<storage>/<run id>/`` and,
+with ``--publish``, writes a bundle and maybe promotes it (:mod:`jobs.distill.publish`). A
+run in which a stage did not improve writes its figures and summary, publishes nothing and
+raises :class:`StageFailedError`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from jobs.distill.data import list_images, load_eval_images, split_holdout, training_dataset
 from jobs.distill.evaluate import evaluate_levels, reconstruction_rows
-from jobs.distill.figures import render_loss_curves, render_reconstructions
+from jobs.distill.figures import render_loss_curves, render_psnr_curves, render_reconstructions
 from jobs.distill.publish import publish
 from jobs.distill.teachers import Teacher
 from jobs.distill.train import (
@@ -34,12 +36,16 @@ from jobs.distill.train import (
 )
 from models import FamilySpec
 from models.pruning import student_family
-from pipeline.batch.fingerprint import code_version
 from pipeline.imaging.imageio import write_bytes
+from pipeline.version import code_version
 
-__all__ = ["Setup", "prepare", "run"]
+__all__ = ["Setup", "StageFailedError", "prepare", "run"]
 
 log = logging.getLogger("ultrastyle.distill")
+
+
+class StageFailedError(RuntimeError):
+    """A stage ended no better than it started: the run publishes nothing."""
 
 
 @dataclass(frozen=True)
@@ -78,13 +84,35 @@ def _write_run_folder(
     summary: dict[str, Any],
     state: TrainState,
     stages: list[Stage],
-    reconstructions: bytes,
+    reconstructions: bytes | None,
     storage_options: dict[str, Any] | None,
-) -> None:
-    curves = {s.title: [row[0] for row in state.history.get(s.key, [])] for s in stages}
-    write_bytes(f"{run_uri}/losses.png", render_loss_curves(curves), storage_options)
-    write_bytes(f"{run_uri}/reconstructions.png", reconstructions, storage_options)
+) -> list[str]:
+    """Write the figures and ``summary.json`` into the run folder; the names written."""
+    ran = [s for s in stages if s.key in state.history]
+    figures = {
+        "losses.png": render_loss_curves({s.title: [row[0] for row in state.history[s.key]] for s in ran}),
+        "psnr.png": render_psnr_curves({s.title: state.psnr[s.key] for s in ran}),
+    }
+    if reconstructions is not None:
+        figures["reconstructions.png"] = reconstructions
+    for name, data in figures.items():
+        write_bytes(f"{run_uri}/{name}", data, storage_options)
     write_bytes(f"{run_uri}/summary.json", json.dumps(summary, indent=2).encode(), storage_options)
+    return [*figures, "summary.json"]
+
+
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The optimisation settings: what the workers train with and what the card records."""
+    return {
+        "lr": args.lr,
+        "decoder_lr": args.decoder_lr,
+        "warmup_steps": args.warmup_steps,
+        "clip_grad": args.clip_grad,
+        "beta": args.beta,
+        "lambda_p": args.lambda_p,
+        "eval_every": args.eval_every,
+        "patience": args.patience,
+    }
 
 
 def _train_config(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
@@ -97,12 +125,9 @@ def _train_config(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
         "stages": [asdict(s) for s in setup.stages],
         "steps": args.steps,
         "batch_size": args.batch_size,
-        "image_size": args.image_size,
+        "eval_size": args.eval_size,
         "held_out": setup.held_uris,
-        "lr": args.lr,
-        "warmup_steps": args.warmup_steps,
-        "beta": args.beta,
-        "lambda_p": args.lambda_p,
+        **_recipe(args),
         "checkpoint_every": args.checkpoint_every,
         "log_every": args.log_every,
         "threads": max(1, int(args.cpus_per_worker)),
@@ -123,8 +148,8 @@ def run(args: argparse.Namespace, setup: Setup, resources_per_worker: dict[str, 
     opts = args.storage_options
     teacher, family, stages = setup.teacher, setup.family, setup.stages
     log.info(
-        "run %s: teacher %s, student widths %s (level 1: %d), %d stages x %d steps, %d training / %d held-out "
-        "images, %d workers of %s",
+        "run %s: teacher %s, student widths %s (level 1: %d), %d stages of at most %d steps, %d training / %d "
+        "held-out images, %d workers of %s",
         args.run_id,
         args.teacher,
         family.widths,
@@ -152,6 +177,19 @@ def run(args: argparse.Namespace, setup: Setup, resources_per_worker: dict[str, 
         storage_options=opts,
     )
     train_seconds = time.perf_counter() - start
+    run_uri = f"{args.storage.rstrip('/')}/{args.run_id}"
+    metrics: dict[str, Any] = {
+        "stages": stage_summary(state, stages),
+        "train_seconds": round(train_seconds, 1),
+        "attempts": state.starts,
+    }
+    card = _card(args, setup, metrics)
+    curves = {key: [round(row[0], 6) for row in rows] for key, rows in state.history.items()}
+    summary = {"run_id": args.run_id, "run_uri": run_uri, **card, "loss_curves": curves}
+    if state.failed:
+        summary["failed"] = state.failed
+        _write_run_folder(run_uri, summary, state, stages, None, opts)
+        raise StageFailedError(f"{state.failed}; nothing published (see {run_uri}/summary.json)")
 
     models = final_models(state, teacher, family, args.levels)
     held = load_eval_images(setup.held_uris, side=args.eval_size, storage_options=opts)
@@ -161,17 +199,28 @@ def run(args: argparse.Namespace, setup: Setup, resources_per_worker: dict[str, 
         log.info(
             "level %d held-out PSNR: student %.2f dB, teacher %.2f dB", level, student_psnr[level], teacher_psnr[level]
         )
+    metrics["psnr"] = {str(k): round(v, 3) for k, v in student_psnr.items()}
+    metrics["teacher_psnr"] = {str(k): round(v, 3) for k, v in teacher_psnr.items()}
     rows = reconstruction_rows(
         {"teacher": (models["TE"], models["TD"]), "student": (models["SE"], models["SD"])}, held[0]
     )
-    metrics = {
-        "psnr": {str(k): round(v, 3) for k, v in student_psnr.items()},
-        "teacher_psnr": {str(k): round(v, 3) for k, v in teacher_psnr.items()},
-        "stages": stage_summary(state, stages),
-        "train_seconds": round(train_seconds, 1),
-        "attempts": state.starts,
-    }
-    card = {
+    if args.publish:
+        names = [f"{k}{kind}" for k in args.levels for kind in (STUDENT_ENCODER, STUDENT_DECODER)]
+        states = {name: state.done[name] for name in names}
+        summary |= publish(
+            args.publish, args.run_id, states, card, student_psnr, held,
+            promote_first=args.promote_first, margin=args.promotion_margin, storage_options=opts,
+        )  # fmt: skip
+    written = _write_run_folder(run_uri, summary, state, stages, render_reconstructions(rows), opts)
+    log.info("run folder %s: %s", run_uri, ", ".join(written))
+    return summary
+
+
+def _card(args: argparse.Namespace, setup: Setup, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's ``card.json`` (also the head of ``summary.json``); ``metrics`` is filled in
+    place as the run measures more."""
+    family = setup.family
+    return {
         "teacher": args.teacher,
         "width": args.width,
         "widths": list(family.widths),
@@ -186,17 +235,8 @@ def run(args: argparse.Namespace, setup: Setup, resources_per_worker: dict[str, 
         "batch_size": args.batch_size,
         "workers": args.workers,
         "cpus_per_worker": args.cpus_per_worker,
+        "recipe": _recipe(args),
         "metrics": metrics,
         "code_version": code_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    run_uri = f"{args.storage.rstrip('/')}/{args.run_id}"
-    curves = {s.key: [round(row[0], 6) for row in state.history.get(s.key, [])] for s in stages}
-    summary = {"run_id": args.run_id, "run_uri": run_uri, **card, "loss_curves": curves}
-    if args.publish:
-        names = [f"{k}{kind}" for k in args.levels for kind in (STUDENT_ENCODER, STUDENT_DECODER)]
-        states = {name: state.done[name] for name in names}
-        summary |= publish(args.publish, args.run_id, states, card, student_psnr, held, storage_options=opts)
-    _write_run_folder(run_uri, summary, state, stages, render_reconstructions(rows), opts)
-    log.info("run folder %s: losses.png, reconstructions.png, summary.json", run_uri)
-    return summary

@@ -1,4 +1,5 @@
-"""Where the distillation teacher comes from: torchvision's VGG-19 or any ``--weights`` location."""
+"""Where the distillation teacher comes from: torchvision's VGG-19, the embedded CD 16x weights, or any
+``--weights`` location."""
 
 from __future__ import annotations
 
@@ -8,22 +9,34 @@ from typing import Any
 
 import torch
 
-from models import VGG19, Decoder, Encoder, FamilySpec, WeightSet, resolve_weights, small_decoder, small_encoder
+from models import (
+    VGG19,
+    CD16xWeights,
+    Decoder,
+    Encoder,
+    FamilySpec,
+    WeightSet,
+    resolve_weights,
+    small_decoder,
+    small_encoder,
+)
 from models.vgg import vgg19_decoder, vgg19_encoder
 
-__all__ = ["VGG19_TEACHER", "Teacher"]
+__all__ = ["EMBEDDED_TEACHER", "VGG19_TEACHER", "Teacher"]
 
 VGG19_TEACHER = "torchvision-vgg19"
+EMBEDDED_TEACHER = "cd16x"  # the CD 16x weights embedded in the package: no download
 
 
 @dataclass(frozen=True)
 class Teacher:
-    """Where the teacher comes from: ``torchvision-vgg19[:random]`` or a weights URI.
+    """Where the teacher comes from: ``torchvision-vgg19[:random]``, ``cd16x`` or a weights URI.
 
     Args:
         source: ``torchvision-vgg19`` (ImageNet weights, downloaded by torchvision),
             ``torchvision-vgg19:random`` (untrained, for tests; built from ``seed`` so every
-            worker holds the same one) or any ``--weights`` location.
+            worker holds the same one), ``cd16x`` (the CD 16x weights embedded in the
+            package, with their decoders) or any ``--weights`` location.
         storage_options: for a weights URI.
         seed: initialisation seed of the random VGG-19.
     """
@@ -36,10 +49,19 @@ class Teacher:
     def is_vgg19(self) -> bool:
         return self.source == VGG19_TEACHER or self.source.startswith(f"{VGG19_TEACHER}:")
 
+    @property
+    def is_named(self) -> bool:
+        """Whether ``source`` names a teacher rather than a location (not a path to resolve)."""
+        return self.is_vgg19 or self.source == EMBEDDED_TEACHER
+
     @cached_property
     def weight_set(self) -> WeightSet | None:
         """The resolved weights of a URI teacher (``None`` for VGG-19), resolved once."""
-        return None if self.is_vgg19 else resolve_weights(self.source, self.storage_options)
+        if self.is_vgg19:
+            return None
+        if self.source == EMBEDDED_TEACHER:
+            return CD16xWeights.EMBEDDED.value
+        return resolve_weights(self.source, self.storage_options)
 
     def family(self) -> FamilySpec:
         """Channel widths of the teacher."""

@@ -9,8 +9,8 @@ warm-up and cosine (:mod:`models.optim`), held-out split and crops (:mod:`jobs.d
 batches of 8 crops of 128 px. Every 100 steps it prints the held-out PSNR the job reports:
 the stage's reconstruction of the whole held-out images at a 256 px short side.
 
-    python scripts/distill_stage.py --data /work/shared/images --level 2 --stage se --save se2.pt
-    python scripts/distill_stage.py --data /work/shared/images --level 2 --stage sd --load-se se2.pt
+    python scripts/distill_stage.py --data IMAGES --level 2 --stage se --save se2.pt
+    python scripts/distill_stage.py --data IMAGES --level 2 --stage sd --load-se se2.pt
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
     python scripts/gpu_wheels.py [--dest .whl] [--python-version 3.12] [--max-mib 50]
 
-The device machines' image (/work/.library/device/KINDS.md lists it) holds torch, numpy,
+A GPU machine's stock image for this project holds torch, numpy,
 pyarrow, fsspec, Pillow, scikit-image, safetensors, psutil, pytest and hypothesis, but not Ray,
 pyvips (with its libvips binary wheel and cffi) or jsonschema (Ray's). This downloads those, as
 manylinux x86-64 wheels for ``--python-version``, into ``--dest`` (``.whl/``, which git ignores,
-so it travels with the tree only when named in the device tool's ``carry``);
+so it must be copied to the GPU machine with the tree);
 ``scripts/gpu_check.sh --wheels .whl`` installs them there without an index. Versions are the
 pins of pyproject.toml, else the versions installed here (the ones the tests ran with).
 

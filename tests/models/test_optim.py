@@ -109,10 +109,11 @@ def _fine_tune_level1_decoder(groups_for, schedule, content_dir) -> list[float]:
 
 
 def test_level1_decoder_settles_where_one_plain_adam_rate_throws_it_off(content_dir):
-    """The level-1 decoder's weights have an RMS of 0.009: the old recipe (Adam at 1e-3 after a
-    20-step warm-up, constant) moves them 11 % per step; a decoder that starts good swings
-    16 dB down and is still swinging, 2.4 dB below its start, after 100 steps. Steps relative
-    to each layer, warmed up and decayed to zero, end at least where it started."""
+    """The level-1 decoder's weights have an RMS of 0.009: one plain Adam rate (1e-3 after a
+    20-step warm-up, constant) moves them 11 % per step, and a decoder that starts good swings
+    more than 10 dB down within 100 steps (where it is at step 100 depends on the swing, so it
+    is not checked). Steps relative to each layer, warmed up and decayed to zero, end settled
+    at least where it started."""
     torch.manual_seed(0)
     old = _fine_tune_level1_decoder(
         lambda d: [{"params": list(d.parameters()), "lr": 1e-3, "base_lr": 1e-3}],
@@ -122,4 +123,4 @@ def test_level1_decoder_settles_where_one_plain_adam_rate_throws_it_off(content_
     new = _fine_tune_level1_decoder(lambda d: layer_param_groups(d, 0.05), lambda s: lr_factor(s, 100, 10), content_dir)
     assert old[0] == new[0] > 38  # the same start: the official decoder
     assert new[-1] > new[0] - 0.3 and max(new[-3:]) - min(new[-3:]) < 0.3, new  # settled
-    assert min(old) < old[0] - 10 and old[-1] < old[0] - 1.5, old
+    assert min(old) < old[0] - 10, old  # the plain rate throws it off
